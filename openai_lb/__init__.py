@@ -1,0 +1,70 @@
+"""Priority and failover load balancing of OpenAI SDK traffic across Azure OpenAI deployments.
+
+```python
+from openai_lb import AzureOpenAI, Backend
+
+client = AzureOpenAI(
+    backends=[
+        Backend("https://ptu-eastus.openai.azure.com", priority=1),
+        Backend("https://paygo-eastus.openai.azure.com", priority=2),
+    ],
+    api_key="...",
+    api_version="2024-10-21",
+)
+client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
+```
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ._clients import AsyncAzureOpenAI, AzureOpenAI
+from ._config import Backend, Policy, TokenProvider, backends_from_json
+from ._errors import ConfigurationError, OpenAILBError
+from ._health import HealthStore, InMemoryHealthStore, reset_state
+from ._patch import Patch, is_patched, patch, unpatch
+from ._shell import BACKEND_HEADER
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._httpx import HTTPXTransport
+    from ._httpx2 import HTTPX2Transport
+
+__all__ = [
+    "BACKEND_HEADER",
+    "AsyncAzureOpenAI",
+    "AzureOpenAI",
+    "Backend",
+    "ConfigurationError",
+    "HTTPX2Transport",
+    "HTTPXTransport",
+    "HealthStore",
+    "InMemoryHealthStore",
+    "OpenAILBError",
+    "Patch",
+    "Policy",
+    "TokenProvider",
+    "__version__",
+    "backends_from_json",
+    "is_patched",
+    "patch",
+    "reset_state",
+    "unpatch",
+]
+
+logging.getLogger("openai_lb").addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> Any:
+    # Each transport imports its HTTP library, which may not be installed: load on first use.
+    if name == "HTTPXTransport":
+        from ._httpx import HTTPXTransport
+
+        return HTTPXTransport
+    if name == "HTTPX2Transport":
+        from ._httpx2 import HTTPX2Transport
+
+        return HTTPX2Transport
+    raise AttributeError(f"module 'openai_lb' has no attribute {name!r}")

@@ -1,0 +1,138 @@
+"""``AzureOpenAI`` and ``AsyncAzureOpenAI``: the SDK's classes with a balancing transport inside.
+
+They take every argument the installed SDK's class takes (passed through untouched, so
+each major's own signature applies) plus ``backends=``, ``policy=`` and
+``health_store=``. A caller's own ``http_client`` is used exactly as given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import openai
+
+from ._config import Backend, Policy, first_of, validate_backends
+from ._errors import ConfigurationError
+from ._health import HealthStore
+from ._shell import BalancingShell
+
+__all__ = ["AsyncAzureOpenAI", "AzureOpenAI", "sdk_transport_class"]
+
+# Sent by the SDK when every backend brings its own credential; the transport always
+# replaces it, so it never reaches a backend.
+_BACKEND_CREDENTIALS_ONLY = "openai-lb-uses-backend-credentials"
+_CLIENT_CREDENTIALS = ("api_key", "azure_ad_token", "azure_ad_token_provider")
+_CREDENTIAL_ENV = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN")
+
+
+def sdk_transport_class() -> type[BalancingShell]:
+    """The balancing transport for the HTTP library the installed SDK builds its clients on."""
+    stack = {cls.__module__.split(".")[0] for cls in openai.DefaultHttpxClient.__mro__}
+    if "httpx2" in stack:
+        from ._httpx2 import HTTPX2Transport
+
+        return HTTPX2Transport
+    from ._httpx import HTTPXTransport
+
+    return HTTPXTransport
+
+
+def _balanced_kwargs(
+    owner: type[Any],
+    kwargs: dict[str, Any],
+    backends: Sequence[Backend] | None,
+    policy: Policy | None,
+    health_store: HealthStore | None,
+    *,
+    is_async: bool,
+) -> dict[str, Any]:
+    """The SDK constructor's kwargs with a balancing http client added (unless one is given)."""
+    if kwargs.get("http_client") is not None:
+        return kwargs
+    defaults = owner._openai_lb_defaults
+    if backends is None and defaults is not None:
+        backends, policy, health_store = (
+            defaults[0],
+            policy if policy is not None else defaults[1],
+            health_store if health_store is not None else defaults[2],
+        )
+    if backends is None:
+        raise ConfigurationError(
+            f"{owner.__name__} needs backends=[openai_lb.Backend(...), ...] (or an http_client of your own)."
+        )
+    checked = validate_backends(backends)
+    if not is_async:
+        for backend in checked:
+            if backend.has_async_token_provider:
+                raise ConfigurationError(
+                    f"Backend {backend.name!r}: its azure_ad_token_provider is async, which a sync client "
+                    f"cannot await; use openai_lb.AsyncAzureOpenAI or give a sync provider."
+                )
+    kwargs = dict(kwargs)
+    has_client_credential = any(kwargs.get(name) is not None for name in _CLIENT_CREDENTIALS) or any(
+        os.environ.get(name) for name in _CREDENTIAL_ENV
+    )
+    if not has_client_credential:
+        lacking = [b.name for b in checked if not b.has_credential]
+        if lacking:
+            raise ConfigurationError(
+                f"Backend(s) {', '.join(map(repr, lacking))} have no credential and the client has none: "
+                f"pass api_key= or azure_ad_token_provider= to those backends, or to the client."
+            )
+        kwargs["api_key"] = _BACKEND_CREDENTIALS_ONLY
+    if not any(kwargs.get(name) for name in ("azure_endpoint", "base_url")) and not os.environ.get(
+        "AZURE_OPENAI_ENDPOINT"
+    ):
+        # The SDK insists on an endpoint; the transport replaces it with each backend's anyway.
+        kwargs["azure_endpoint"] = first_of(checked).url
+    transport: Any = sdk_transport_class()(checked, policy=policy, health_store=health_store)
+    http_client_class = openai.DefaultAsyncHttpxClient if is_async else openai.DefaultHttpxClient
+    kwargs["http_client"] = http_client_class(transport=transport)
+    return kwargs
+
+
+class AzureOpenAI(openai.AzureOpenAI):
+    """``openai.AzureOpenAI`` balancing its requests over ``backends``.
+
+    ```python
+    client = AzureOpenAI(
+        backends=[
+            Backend("https://ptu.openai.azure.com", priority=1),
+            Backend("https://paygo.openai.azure.com", priority=2),
+        ],
+        api_key=os.environ["AZURE_OPENAI_API_KEY"],
+        api_version="2024-10-21",
+    )
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
+    ```
+    """
+
+    _openai_lb_defaults: ClassVar[tuple[Sequence[Backend], Policy | None, HealthStore | None] | None] = None
+
+    def __init__(
+        self,
+        *,
+        backends: Sequence[Backend] | None = None,
+        policy: Policy | None = None,
+        health_store: HealthStore | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**_balanced_kwargs(type(self), kwargs, backends, policy, health_store, is_async=False))
+
+
+class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
+    """``openai.AsyncAzureOpenAI`` balancing its requests over ``backends``; token providers may be async."""
+
+    _openai_lb_defaults: ClassVar[tuple[Sequence[Backend], Policy | None, HealthStore | None] | None] = None
+
+    def __init__(
+        self,
+        *,
+        backends: Sequence[Backend] | None = None,
+        policy: Policy | None = None,
+        health_store: HealthStore | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**_balanced_kwargs(type(self), kwargs, backends, policy, health_store, is_async=True))

@@ -1,0 +1,299 @@
+"""Frozen configuration: the backends and the policy. Nothing here changes after construction.
+
+Mutable health (cooldowns, failure counts) lives in ``_health``; keeping the two apart
+lets one process-wide health store serve every client built from the same backends.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._errors import ConfigurationError
+
+__all__ = ["Backend", "Policy", "TokenProvider", "backends_from_env", "backends_from_json", "validate_backends"]
+
+TokenProvider = Callable[[], "str | Awaitable[str]"]
+"""A callable returning an Azure AD (Entra ID) bearer token; may be async for async clients."""
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Backend:
+    """One Azure OpenAI endpoint (or API gateway in front of one) that can serve requests.
+
+    ``Backend("https://ptu-eastus.openai.azure.com", priority=1, api_key=os.environ["PTU_KEY"])``
+
+    Lower ``priority`` numbers are preferred; ``weight`` shares traffic inside one priority.
+    ``api_key`` or ``azure_ad_token_provider`` is this backend's own credential; with
+    neither, the client's credential is used. ``deployments`` maps the deployment (model)
+    name callers use to this backend's deployment name. ``name`` (default: the URL without
+    its scheme) is what logs and the ``x-openai-lb-backend`` header show.
+    """
+
+    url: str
+    priority: int = 1
+    weight: float = 1
+    api_key: str | None = field(default=None, repr=False)
+    azure_ad_token_provider: TokenProvider | None = field(default=None, repr=False)
+    deployments: Mapping[str, str] = field(default_factory=dict)
+    name: str = ""
+    # Derived once here so the per-request path does no parsing.
+    key: str = field(init=False, repr=False)
+    """The normalised URL: the identity of this backend's health across clients."""
+    scheme: str = field(init=False, repr=False)
+    netloc: str = field(init=False, repr=False)
+    prefix: str = field(init=False, repr=False)
+    """The URL's path without trailing slash ("" or e.g. "/team-a")."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        priority: int = 1,
+        weight: float = 1,
+        api_key: str | None = None,
+        azure_ad_token_provider: TokenProvider | None = None,
+        deployments: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        scheme, netloc, prefix = _split_url(url)
+        label = name if isinstance(name, str) and name else f"{netloc}{prefix}"
+        _check_backend_fields(
+            label,
+            priority=priority,
+            weight=weight,
+            api_key=api_key,
+            token_provider=azure_ad_token_provider,
+            deployments=deployments,
+            name=name,
+        )
+        setattr_ = object.__setattr__
+        setattr_(self, "url", url)
+        setattr_(self, "priority", priority)
+        setattr_(self, "weight", weight)
+        setattr_(self, "api_key", api_key)
+        setattr_(self, "azure_ad_token_provider", azure_ad_token_provider)
+        setattr_(self, "deployments", MappingProxyType(dict(deployments)) if deployments else _EMPTY)
+        setattr_(self, "name", label)
+        setattr_(self, "scheme", scheme)
+        setattr_(self, "netloc", netloc)
+        setattr_(self, "prefix", prefix)
+        setattr_(self, "key", f"{scheme}://{netloc}{prefix}")
+
+    def __repr__(self) -> str:
+        credential = "api_key" if self.api_key else "token_provider" if self.azure_ad_token_provider else "client's"
+        deployments = f", deployments={dict(self.deployments)!r}" if self.deployments else ""
+        return (
+            f"Backend({self.name!r}, url={self.key!r}, priority={self.priority}, weight={self.weight}, "
+            f"credential={credential}{deployments})"
+        )
+
+    def deployment_for(self, requested: str | None) -> str | None:
+        """This backend's name for the deployment a caller asked for."""
+        if requested is None:
+            return None
+        return self.deployments.get(requested, requested)
+
+    @property
+    def has_credential(self) -> bool:
+        return self.api_key is not None or self.azure_ad_token_provider is not None
+
+    @property
+    def has_async_token_provider(self) -> bool:
+        provider = self.azure_ad_token_provider
+        return provider is not None and (
+            inspect.iscoroutinefunction(provider) or inspect.iscoroutinefunction(getattr(provider, "__call__", None))  # noqa: B004
+        )
+
+
+def _split_url(url: object) -> tuple[str, str, str]:
+    """Scheme, normalised netloc (lower-case host, default port dropped) and path prefix."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(
+            f"Backend url must be a non-empty string such as 'https://my-resource.openai.azure.com', got {url!r}."
+        )
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"Backend {url!r}: the URL cannot be parsed ({exc}).") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ConfigurationError(
+            f"Backend {url!r}: the URL must start with http:// or https:// and name a host, "
+            f"e.g. 'https://my-resource.openai.azure.com'."
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            f"Backend {parts.hostname!r}: the URL must not carry credentials; pass api_key= instead."
+        )
+    if parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"Backend {parts.hostname!r}: the URL must not have a query or fragment; api-version comes from the client."
+        )
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    prefix = parts.path.rstrip("/")
+    if prefix == "/openai" or prefix.endswith("/openai"):
+        raise ConfigurationError(
+            f"Backend {netloc + prefix!r}: give the endpoint without the trailing '/openai' "
+            f"(use {scheme + '://' + netloc + prefix[: -len('/openai')]!r}); openai_lb keeps the SDK's path."
+        )
+    return scheme, netloc, prefix
+
+
+def _check_backend_fields(
+    label: str,
+    *,
+    priority: object,
+    weight: object,
+    api_key: object,
+    token_provider: object,
+    deployments: object,
+    name: object,
+) -> None:
+    def fail(problem: str) -> ConfigurationError:
+        return ConfigurationError(f"Backend {label!r}: {problem}")
+
+    if name is not None and (not isinstance(name, str) or not name):
+        raise fail(f"name must be a non-empty string, got {name!r}.")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise fail(f"priority must be an integer (lower is preferred), got {priority!r}.")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise fail(f"weight must be a positive number, got {weight!r}.")
+    if not (math.isfinite(weight) and weight > 0):
+        raise fail(f"weight must be a positive number, got {weight!r}; use weight=1 or more.")
+    if api_key is not None and (not isinstance(api_key, str) or not api_key):
+        raise fail("api_key must be a non-empty string (or None to use the client's credential).")
+    if token_provider is not None and not callable(token_provider):
+        raise fail("azure_ad_token_provider must be a callable returning a token.")
+    if api_key is not None and token_provider is not None:
+        raise fail("pass either api_key or azure_ad_token_provider, not both.")
+    if deployments is not None:
+        if not isinstance(deployments, Mapping):
+            raise fail(f"deployments must map caller deployment names to this backend's, got {deployments!r}.")
+        for requested, actual in deployments.items():
+            if not (isinstance(requested, str) and requested and isinstance(actual, str) and actual):
+                raise fail(f"deployments entries must be non-empty strings, got {requested!r}: {actual!r}.")
+
+
+def validate_backends(backends: object) -> tuple[Backend, ...]:
+    """The backends as a tuple, or a ConfigurationError naming the problem."""
+    if isinstance(backends, (str, bytes, Backend)) or not isinstance(backends, Iterable):
+        raise ConfigurationError(f"backends must be a list of openai_lb.Backend, got {backends!r}.")
+    result = tuple(backends)
+    if not result:
+        raise ConfigurationError("backends is empty: give at least one openai_lb.Backend.")
+    seen_keys: dict[str, Backend] = {}
+    seen_names: dict[str, Backend] = {}
+    for index, backend in enumerate(result):
+        if not isinstance(backend, Backend):
+            raise ConfigurationError(f"backends[{index}] must be an openai_lb.Backend, got {backend!r}.")
+        if backend.key in seen_keys:
+            raise ConfigurationError(
+                f"Backend {backend.name!r}: its URL {backend.key!r} duplicates backend "
+                f"{seen_keys[backend.key].name!r}; list each endpoint once."
+            )
+        if backend.name in seen_names:
+            raise ConfigurationError(
+                f"Backend {backend.name!r}: the name is used twice; give each backend its own name=."
+            )
+        seen_keys[backend.key] = seen_names[backend.name] = backend
+    return result
+
+
+_JSON_FIELDS = frozenset({"url", "priority", "weight", "api_key", "deployments", "name"})
+
+
+def backends_from_json(text: str, *, source: str = "JSON") -> list[Backend]:
+    """Backends from a JSON list of objects whose keys are ``Backend``'s argument names."""
+    try:
+        entries: Any = json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"{source} is not valid JSON: {exc}.") from None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigurationError(f"{source} must be a non-empty JSON list of backend objects.")
+    backends = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "url" not in entry:
+            raise ConfigurationError(f'{source}[{index}] must be an object with at least a "url".')
+        unknown = sorted(set(entry) - _JSON_FIELDS)
+        if unknown:
+            raise ConfigurationError(
+                f"{source}[{index}]: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_JSON_FIELDS))}."
+            )
+        kwargs = {k: v for k, v in entry.items() if k != "url"}
+        backends.append(Backend(entry["url"], **kwargs))
+    return backends
+
+
+ENV_VAR = "OPENAI_LB_BACKENDS"
+
+
+def backends_from_env() -> list[Backend]:
+    """Backends from the ``OPENAI_LB_BACKENDS`` environment variable (a JSON list)."""
+    text = os.environ.get(ENV_VAR)
+    if not text:
+        raise ConfigurationError(
+            f"No backends given and ${ENV_VAR} is not set: pass backends=[Backend(...)] or set "
+            f'{ENV_VAR} to a JSON list such as \'[{{"url": "https://ptu.openai.azure.com", "priority": 1}}]\'.'
+        )
+    return backends_from_json(text, source=f"${ENV_VAR}")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How long backends cool down and which answers fail over; shared by all backends of a client.
+
+    ``Policy(default_cooldown=10, max_cooldown=300, breaker_base=5, breaker_max=120)``
+    """
+
+    default_cooldown: float = 10.0
+    """Seconds a 429 cools a deployment when it carries no usable retry header."""
+    max_cooldown: float = 300.0
+    """Cap on any 429 cooldown, and how long a missing deployment is skipped."""
+    breaker_base: float = 5.0
+    """First cooldown of a whole backend after a 5xx, timeout or connection error; doubles per failure."""
+    breaker_max: float = 120.0
+    """Cap of that doubling."""
+    failover_statuses: frozenset[int] = frozenset({408, 500, 502, 503, 504})
+    """Statuses that fail over and count toward the circuit breaker (429 and 404 are handled apart)."""
+
+    def __post_init__(self) -> None:
+        for label in ("default_cooldown", "max_cooldown", "breaker_base", "breaker_max"):
+            value = getattr(self, label)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise ConfigurationError(f"Policy.{label} must be a positive number of seconds, got {value!r}.")
+        if self.default_cooldown > self.max_cooldown:
+            raise ConfigurationError("Policy.default_cooldown must not exceed Policy.max_cooldown.")
+        if self.breaker_base > self.breaker_max:
+            raise ConfigurationError("Policy.breaker_base must not exceed Policy.breaker_max.")
+        statuses = frozenset(self.failover_statuses)
+        bad = sorted(s for s in statuses if isinstance(s, bool) or not isinstance(s, int) or not 400 <= s <= 599)
+        if bad or 429 in statuses:
+            raise ConfigurationError(
+                f"Policy.failover_statuses must hold 4xx/5xx integers other than 429 "
+                f"(429 always fails over with its own cooldown), got {sorted(statuses, key=str)!r}."
+            )
+        object.__setattr__(self, "failover_statuses", statuses)
+
+
+def first_of(backends: Sequence[Backend]) -> Backend:
+    """The preferred backend, used as the SDK client's nominal endpoint."""
+    return min(backends, key=lambda b: b.priority)

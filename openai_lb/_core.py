@@ -1,0 +1,233 @@
+"""The decision core: which backend gets the next attempt, and what an answer means.
+
+No I/O and no HTTP library here. A transport shell asks a ``Call`` for the next step,
+sends the attempt, and reports what came back; the ``Call`` answers whether to hand the
+response to the caller or to fail over. When nothing is left to try, the next step is a
+synthetic ``Answer`` (a 429 telling the SDK exactly how long to wait, or a 404).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ._config import Backend, Policy, validate_backends
+from ._headers import cooldown_from_headers
+from ._health import BACKEND_WIDE, HealthStore, default_store
+
+__all__ = ["Answer", "Attempt", "Balancer", "Call"]
+
+log = logging.getLogger("openai_lb")
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """Send the request to ``backend``, naming ``deployment`` (the backend's own name for it)."""
+
+    backend: Backend
+    deployment: str | None
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Answer the caller with this response instead of sending anything."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+class Balancer:
+    """Chooses backends and learns from their answers; shared by all calls of a transport.
+
+    ``clock`` is monotonic seconds (cooldowns), ``wall_clock`` epoch seconds (only to turn
+    an HTTP-date into a delay), ``rng`` picks by weight. All three are injectable for tests.
+    ``client_wait_limit`` is the longest Retry-After the SDK in use will honour; beyond it
+    the synthetic 429 says ``x-should-retry: false``.
+    """
+
+    __slots__ = ("_by_priority", "backends", "client_wait_limit", "clock", "policy", "rng", "store", "wall_clock")
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        policy: Policy | None = None,
+        store: HealthStore | None = None,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        rng: random.Random | None = None,
+        client_wait_limit: float = 60.0,
+    ) -> None:
+        self.backends = validate_backends(backends)
+        self.policy = policy if policy is not None else Policy()
+        self.store: HealthStore = store if store is not None else default_store()
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.rng = rng if rng is not None else random.Random()
+        self.client_wait_limit = client_wait_limit
+        # Stable sort keeps the caller's order inside a tier, which makes logs predictable.
+        self._by_priority = tuple(sorted(self.backends, key=lambda b: b.priority))
+
+    def begin(self, deployment: str | None) -> Call:
+        """Start one caller request for ``deployment`` (None when the request names none)."""
+        return Call(self, deployment)
+
+
+def _is_deployment_not_found(body: bytes | None) -> bool:
+    if not body or b"DeploymentNotFound" not in body:
+        return False
+    try:
+        error = json.loads(body).get("error", {})
+        return isinstance(error, dict) and error.get("code") == "DeploymentNotFound"
+    except (ValueError, AttributeError):
+        return False
+
+
+class Call:
+    """The state of one caller request: which backends it tried. Not shared between threads."""
+
+    __slots__ = ("_balancer", "_tried", "attempts", "deployment")
+
+    def __init__(self, balancer: Balancer, deployment: str | None) -> None:
+        self._balancer = balancer
+        self.deployment = deployment
+        self._tried: set[str] = set()
+        self.attempts = 0
+
+    def next(self) -> Attempt | Answer:
+        """The next backend to try, or the answer to give when none is usable now."""
+        balancer = self._balancer
+        now = balancer.clock()
+        blocked = balancer.store.blocked
+        tried = self._tried
+        tier = 0
+        candidates: list[Backend] = []
+        for backend in balancer._by_priority:
+            if candidates and backend.priority != tier:
+                break
+            if backend.key in tried:
+                continue
+            if blocked(backend.key, backend.deployment_for(self.deployment) or "", now) is None:
+                tier = backend.priority
+                candidates.append(backend)
+        if not candidates:
+            return self._answer(now)
+        chosen = candidates[0] if len(candidates) == 1 else self._pick(candidates)
+        tried.add(chosen.key)
+        self.attempts += 1
+        deployment = chosen.deployment_for(self.deployment)
+        log.debug("attempt %d: %s (deployment %s)", self.attempts, chosen.name, deployment)
+        return Attempt(chosen, deployment, self.attempts)
+
+    def _pick(self, candidates: list[Backend]) -> Backend:
+        point = self._balancer.rng.random() * sum(b.weight for b in candidates)
+        for backend in candidates:
+            point -= backend.weight
+            if point < 0:
+                return backend
+        return candidates[-1]  # float rounding can leave point at exactly 0
+
+    def needs_body(self, status: int) -> bool:
+        """Whether ``report`` needs the body of this answer (only 404s, to spot DeploymentNotFound)."""
+        return status == 404
+
+    def report(self, attempt: Attempt, status: int, headers: Mapping[str, str], body: bytes | None) -> bool:
+        """Learn from an HTTP answer; True means hand it to the caller, False means fail over."""
+        balancer = self._balancer
+        backend = attempt.backend
+        slot = attempt.deployment or ""
+        if status == 429:
+            now = balancer.clock()
+            found = cooldown_from_headers(headers, wall_now=balancer.wall_clock())
+            seconds, source = found if found is not None else (balancer.policy.default_cooldown, "default")
+            seconds = min(seconds, balancer.policy.max_cooldown)
+            balancer.store.block(backend.key, slot, now + seconds, "rate_limited")
+            log.info(
+                "%s deployment %s answered 429: cooling %.3f s (from %s), failing over",
+                backend.name,
+                attempt.deployment,
+                seconds,
+                source,
+            )
+            return False
+        if status == 404 and _is_deployment_not_found(body):
+            now = balancer.clock()
+            balancer.store.block(backend.key, slot, now + balancer.policy.max_cooldown, "missing")
+            log.info("%s has no deployment %s: skipping it there, failing over", backend.name, attempt.deployment)
+            return False
+        if status in balancer.policy.failover_statuses:
+            self._trip(attempt, f"HTTP {status}")
+            return False
+        balancer.store.count_success(backend.key)
+        return True
+
+    def report_error(self, attempt: Attempt, error: BaseException) -> None:
+        """Learn from a transport error (connection refused or reset, timeout); always fails over."""
+        self._trip(attempt, type(error).__name__)
+
+    def _trip(self, attempt: Attempt, what: str) -> None:
+        balancer = self._balancer
+        policy = balancer.policy
+        backend = attempt.backend
+        failures = balancer.store.count_failure(backend.key)
+        seconds = min(policy.breaker_base * 2.0 ** min(failures - 1, 64), policy.breaker_max)
+        balancer.store.block(backend.key, BACKEND_WIDE, balancer.clock() + seconds, "failing")
+        log.info(
+            "%s failed (%s, %d in a row): cooling the backend %.3f s, failing over",
+            backend.name,
+            what,
+            failures,
+            seconds,
+        )
+
+    def _answer(self, now: float) -> Answer:
+        balancer = self._balancer
+        soonest: float = math.inf
+        soonest_name = ""
+        for backend in balancer._by_priority:
+            found = balancer.store.blocked(backend.key, backend.deployment_for(self.deployment) or "", now)
+            if found is not None and found[1] == "missing":
+                continue
+            until = now if found is None else found[0]
+            if until < soonest:
+                soonest, soonest_name = until, backend.name
+        if soonest == math.inf:
+            return self._not_found()
+        wait = max(soonest - now, 0.001)
+        seconds = math.ceil(wait)
+        headers = [
+            ("content-type", "application/json"),
+            ("retry-after-ms", str(math.ceil(wait * 1000))),
+            ("retry-after", str(seconds)),
+        ]
+        if wait > balancer.client_wait_limit:
+            headers.append(("x-should-retry", "false"))
+        what = f"deployment {self.deployment!r}" if self.deployment else "this request"
+        message = (
+            f"Every backend for {what} is cooling down (openai_lb); the soonest, {soonest_name!r}, "
+            f"recovers in {wait:.3f} s. Please retry after {seconds} seconds."
+        )
+        log.info("every backend for %s is cooling: answering 429, retry after %.3f s", what, wait)
+        return Answer(429, tuple(headers), _error_body("429", message))
+
+    def _not_found(self) -> Answer:
+        names = ", ".join(b.name for b in self._balancer.backends)
+        message = (
+            f"The API deployment {self.deployment!r} does not exist on any backend (openai_lb checked: {names}). "
+            f"Create it, or map it with Backend(deployments={{{self.deployment!r}: '<name there>'}})."
+        )
+        log.info("no backend has deployment %s: answering 404", self.deployment)
+        return Answer(404, (("content-type", "application/json"),), _error_body("DeploymentNotFound", message))
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()

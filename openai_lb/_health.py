@@ -1,0 +1,120 @@
+"""Mutable health state: which backend (or backend deployment) is blocked until when.
+
+The core decides *how long*; a store only remembers. One process-wide store is shared by
+every client so that code which builds a client per request still learns; a client can be
+given its own ``InMemoryHealthStore`` (tests do). A store shared across processes would
+implement the same protocol.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Literal, Protocol
+
+__all__ = ["BACKEND_WIDE", "HealthStore", "InMemoryHealthStore", "Reason", "default_store", "reset_state"]
+
+Reason = Literal["rate_limited", "missing", "failing"]
+"""Why something is blocked: a 429, a DeploymentNotFound, or the circuit breaker."""
+
+BACKEND_WIDE = None
+"""The ``deployment`` argument that means the whole backend (the circuit breaker)."""
+
+
+class HealthStore(Protocol):
+    """Where cooldowns and failure counts live. Times are the core's clock readings.
+
+    ``deployment`` is the backend's own deployment name, ``""`` for requests that name no
+    deployment, or ``BACKEND_WIDE`` for the backend as a whole.
+    """
+
+    def blocked(self, key: str, deployment: str, now: float) -> tuple[float, Reason] | None:
+        """Until when and why this deployment of the backend ``key`` is unusable; None if usable.
+
+        A deployment marked missing reports ``"missing"`` even while the whole backend is
+        also blocked, so the caller can tell "nobody has it" from "everybody is busy".
+        """
+        ...
+
+    def block(self, key: str, deployment: str | None, until: float, reason: Reason) -> None:
+        """Block until ``until``; an existing later deadline is kept."""
+        ...
+
+    def count_failure(self, key: str) -> int:
+        """Count one more consecutive failure of the backend and return the count."""
+        ...
+
+    def count_success(self, key: str) -> None:
+        """Reset the consecutive failures of the backend."""
+        ...
+
+    def clear(self) -> None:
+        """Forget everything."""
+        ...
+
+
+class InMemoryHealthStore:
+    """A thread-safe ``HealthStore`` in this process's memory.
+
+    Reads take no lock: entries are immutable tuples replaced whole, so a reader sees
+    either the old or the new one. Writes that read-modify-write take the lock.
+    """
+
+    __slots__ = ("_blocks", "_failures", "_lock")
+
+    def __init__(self) -> None:
+        self._blocks: dict[tuple[str, str | None], tuple[float, Reason]] = {}
+        self._failures: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def blocked(self, key: str, deployment: str, now: float) -> tuple[float, Reason] | None:
+        blocks = self._blocks
+        own = blocks.get((key, deployment))
+        if own is not None and own[0] <= now:
+            own = None
+        if own is not None and own[1] == "missing":
+            return own
+        wide = blocks.get((key, BACKEND_WIDE))
+        if wide is not None and wide[0] <= now:
+            wide = None
+        if own is None:
+            return wide
+        if wide is None or own[0] >= wide[0]:
+            return own
+        return wide
+
+    def block(self, key: str, deployment: str | None, until: float, reason: Reason) -> None:
+        slot = (key, deployment)
+        with self._lock:
+            current = self._blocks.get(slot)
+            if current is None or current[0] < until:
+                self._blocks[slot] = (until, reason)
+
+    def count_failure(self, key: str) -> int:
+        with self._lock:
+            count = self._failures.get(key, 0) + 1
+            self._failures[key] = count
+            return count
+
+    def count_success(self, key: str) -> None:
+        # The lock-free check keeps the common path (nothing to reset) free of contention.
+        if self._failures.get(key):
+            with self._lock:
+                self._failures.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._blocks.clear()
+            self._failures.clear()
+
+
+_default_store = InMemoryHealthStore()
+
+
+def default_store() -> InMemoryHealthStore:
+    """The process-wide store that clients use unless given their own."""
+    return _default_store
+
+
+def reset_state() -> None:
+    """Forget every cooldown and failure count in the process-wide store (for tests)."""
+    _default_store.clear()

@@ -1,0 +1,123 @@
+"""``patch()``: make the SDK's own Azure clients balance, process-wide; ``unpatch()`` undoes it.
+
+The SDK's names are swapped for subclasses of ours whose isinstance checks defer to the
+SDK's original classes, so ``isinstance(client, openai.AzureOpenAI)`` holds for clients
+made before and after, and the SDK's internal checks keep working.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import openai
+import openai.lib.azure as sdk_azure
+
+from ._clients import AsyncAzureOpenAI, AzureOpenAI
+from ._config import Backend, Policy, backends_from_env, validate_backends
+from ._health import HealthStore
+
+__all__ = ["Patch", "is_patched", "patch", "unpatch"]
+
+_lock = threading.Lock()
+_originals: dict[str, Any] = {}
+# The module-level client's class is looked up by name each time the SDK builds it.
+_NAMES = ("AzureOpenAI", "AsyncAzureOpenAI", "_AzureModuleClient")
+
+
+class _DefersToSDK(type):
+    """Metaclass: isinstance/issubclass against a patched class ask the SDK's original class."""
+
+    _openai_lb_original: type
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        return isinstance(instance, cls._openai_lb_original)
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return issubclass(subclass, cls._openai_lb_original)
+
+
+class Patch:
+    """The handle ``patch()`` returns: ``undo()`` it, or use it as a context manager."""
+
+    def undo(self) -> None:
+        unpatch()
+
+    def __enter__(self) -> Patch:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        unpatch()
+
+
+def patch(
+    backends: Sequence[Backend] | None = None,
+    *,
+    policy: Policy | None = None,
+    health_store: HealthStore | None = None,
+) -> Patch:
+    """Make ``openai.AzureOpenAI``, ``openai.AsyncAzureOpenAI`` and the module-level Azure client balance.
+
+    Call it at start-up; code that reads the SDK's names afterwards gets balancing clients,
+    whatever endpoint it passes. With ``backends=None`` they come from ``$OPENAI_LB_BACKENDS``
+    (a JSON list). Calling it again replaces the backends. Clients given their own
+    ``http_client`` are left as they are.
+    """
+    checked = validate_backends(backends if backends is not None else backends_from_env())
+    defaults = (checked, policy, health_store)
+    with _lock:
+        if not _originals:
+            _originals.update({name: getattr(openai, name) for name in _NAMES})
+        sync_cls = _DefersToSDK(
+            "AzureOpenAI",
+            (AzureOpenAI,),
+            {
+                "_openai_lb_original": _originals["AzureOpenAI"],
+                "_openai_lb_defaults": defaults,
+                "__module__": __name__,
+                "__qualname__": "AzureOpenAI",
+            },
+        )
+        async_cls = _DefersToSDK(
+            "AsyncAzureOpenAI",
+            (AsyncAzureOpenAI,),
+            {
+                "_openai_lb_original": _originals["AsyncAzureOpenAI"],
+                "_openai_lb_defaults": defaults,
+                "__module__": __name__,
+                "__qualname__": "AsyncAzureOpenAI",
+            },
+        )
+        module_cls = _DefersToSDK(
+            "_AzureModuleClient",
+            (_originals["_AzureModuleClient"], sync_cls),
+            {"_openai_lb_original": _originals["_AzureModuleClient"], "__module__": __name__},
+        )
+        _install(sync_cls, async_cls, module_cls)
+    return Patch()
+
+
+def unpatch() -> None:
+    """Restore the SDK's own classes; a no-op when not patched."""
+    with _lock:
+        if _originals:
+            _install(*(_originals[name] for name in _NAMES))
+            _originals.clear()
+
+
+def is_patched() -> bool:
+    return bool(_originals)
+
+
+def _install(*classes: type) -> None:
+    for name, cls in zip(_NAMES, classes, strict=True):
+        setattr(openai, name, cls)
+        if hasattr(sdk_azure, name):
+            setattr(sdk_azure, name, cls)
+    # A module-level client built before the swap would keep its old transport.
+    if isinstance(getattr(openai, "_client", None), classes[0]):
+        openai._reset_client()

@@ -1,0 +1,97 @@
+"""How a caller's request becomes an attempt on one backend: URL, credential, deployment.
+
+Pure functions over bytes and strings, shared by every transport shell. The SDK's URL
+is kept from ``/openai/`` on; everything before it (the client's endpoint and any path
+prefix) is replaced by the backend's URL, so scheme, host, port and prefix all follow
+the backend. The caller's request is never modified: each attempt is built anew.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from ._config import Backend
+
+__all__ = ["Outgoing", "RequestTemplate"]
+
+_OPENAI = b"/openai/"
+_DEPLOYMENTS = b"/openai/deployments/"
+# Recomputed for each attempt from the new URL and body, or replaced by the backend's credential.
+_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+_CREDENTIALS = frozenset({b"api-key", b"authorization"})
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One attempt's request line, headers and body, ready for an HTTP library."""
+
+    url: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes | None
+
+
+class RequestTemplate:
+    """What is fixed about a caller request, parsed once; ``for_backend`` builds each attempt."""
+
+    __slots__ = ("_body_json", "_dep_end", "_dep_start", "_headers", "_raw_path", "_suffix_at", "body", "deployment")
+
+    def __init__(self, raw_path: bytes, headers: RawHeaders, body: bytes | None) -> None:
+        self._raw_path = raw_path
+        self.body = body
+        self._headers = [(n, v) for n, v in headers if n.lower() not in _DROPPED]
+        self._body_json: dict[str, object] | None = None
+        at = raw_path.find(_OPENAI)
+        if at < 0 and (raw_path == b"/openai" or raw_path.startswith(b"/openai?")):
+            at = 0
+        self._suffix_at = max(at, 0)
+        self._dep_start = self._dep_end = -1
+        self.deployment: str | None = None
+        if at >= 0 and raw_path.startswith(_DEPLOYMENTS, at):
+            start = at + len(_DEPLOYMENTS)
+            end = len(raw_path)
+            for stop in (b"/", b"?"):
+                found = raw_path.find(stop, start)
+                if 0 <= found < end:
+                    end = found
+            if end > start:
+                self._dep_start, self._dep_end = start, end
+                self.deployment = unquote(raw_path[start:end].decode("latin-1"))
+        elif body and self._is_json():
+            # /openai/v1/... and the Responses API name the deployment in the body's "model".
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and isinstance(parsed.get("model"), str) and parsed["model"]:
+                self._body_json = parsed
+                self.deployment = parsed["model"]
+
+    def _is_json(self) -> bool:
+        for name, value in self._headers:
+            if name.lower() == b"content-type":
+                return value.split(b";", 1)[0].strip().lower() == b"application/json"
+        return False
+
+    def for_backend(self, backend: Backend, deployment: str | None, credential: tuple[bytes, bytes] | None) -> Outgoing:
+        """The attempt on ``backend``; ``credential`` is its own ``(header, value)``, None to keep the client's."""
+        raw_path = self._raw_path
+        body = self.body
+        renamed = deployment is not None and deployment != self.deployment
+        if renamed and self._dep_start >= 0:
+            assert deployment is not None
+            raw_path = raw_path[: self._dep_start] + quote(deployment, safe="").encode() + raw_path[self._dep_end :]
+        elif renamed and self._body_json is not None:
+            body = json.dumps({**self._body_json, "model": deployment}, separators=(",", ":")).encode()
+        path = raw_path[self._suffix_at :].decode("ascii", "replace")
+        url = f"{backend.scheme}://{backend.netloc}{backend.prefix}{path}"
+        if credential is None:
+            headers = list(self._headers)
+        else:
+            headers = [(n, v) for n, v in self._headers if n.lower() not in _CREDENTIALS]
+            headers.append(credential)
+        return Outgoing(url, headers, body)

@@ -1,0 +1,207 @@
+"""The balancing transport, written once for both HTTP stacks and both I/O styles.
+
+httpx (openai 1.x, 2.x) and httpx2 (openai 3.x) share one API but not one class
+hierarchy, so ``_httpx.py`` and ``_httpx2.py`` only bind this shell to their module.
+The sync and async loops below are the only twins: every decision is in ``_core``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from ._config import Backend, Policy
+from ._core import Answer, Attempt, Balancer, Clock
+from ._errors import ConfigurationError
+from ._health import HealthStore
+from ._rewrite import RequestTemplate
+
+__all__ = ["BACKEND_HEADER", "BalancingShell", "client_wait_limit"]
+
+BACKEND_HEADER = "x-openai-lb-backend"
+# The SDK's own pool limits: with a custom transport the client's `limits` no longer apply.
+_MAX_CONNECTIONS = 1000
+_MAX_KEEPALIVE = 100
+
+
+def client_wait_limit() -> float:
+    """The longest Retry-After the installed SDK honours (60 s before the SDK named it)."""
+    try:
+        from openai._constants import MAX_RETRY_AFTER_DELAY  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return 60.0
+    return float(MAX_RETRY_AFTER_DELAY)
+
+
+def _api_key_header(backend: Backend) -> tuple[bytes, bytes] | None:
+    return None if backend.api_key is None else (b"api-key", backend.api_key.encode("latin-1"))
+
+
+def _bearer(token: object, backend: Backend) -> tuple[bytes, bytes]:
+    if not isinstance(token, str) or not token:
+        raise ConfigurationError(
+            f"Backend {backend.name!r}: azure_ad_token_provider must return a non-empty string token."
+        )
+    return (b"authorization", b"Bearer " + token.encode("latin-1"))
+
+
+class BalancingShell:
+    """An httpx-style transport that spreads requests over ``backends`` with priority and failover.
+
+    It wraps inner transports (by default the HTTP library's own, one connection pool for
+    all backends); pass ``transport=`` / ``async_transport=`` to put your own underneath,
+    e.g. a proxy or a ``MockTransport``. A transport given for one style that also serves
+    the other (like ``MockTransport``) is used for both. The transport owns its inner
+    transports and closes them when it is closed.
+    """
+
+    _http: ClassVar[Any]
+    """The HTTP library module (httpx or httpx2) this shell is bound to."""
+    _failover_errors: ClassVar[tuple[type[BaseException], ...]]
+    """What the inner transport raises for a backend that is down, refusing, or too slow."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        transport: Any = None,
+        async_transport: Any = None,
+        policy: Policy | None = None,
+        health_store: HealthStore | None = None,
+        clock: Clock | None = None,
+        wall_clock: Clock | None = None,
+        rng: Any = None,
+    ) -> None:
+        options: dict[str, Any] = {"policy": policy, "store": health_store, "rng": rng}
+        if clock is not None:
+            options["clock"] = clock
+        if wall_clock is not None:
+            options["wall_clock"] = wall_clock
+        self.balancer = Balancer(backends, client_wait_limit=client_wait_limit(), **options)
+        http = self._http
+        if async_transport is None and isinstance(transport, http.AsyncBaseTransport):
+            async_transport = transport
+        if transport is None and isinstance(async_transport, http.BaseTransport):
+            transport = async_transport
+        self._sync_inner = transport
+        self._async_inner = async_transport
+        self._lock = threading.Lock()
+
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        return self.balancer.backends
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}([{', '.join(b.name for b in self.backends)}])"
+
+    # -- inner transports, made on first use so a sync client never opens an async pool
+
+    def _limits(self) -> Any:
+        return self._http.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=_MAX_KEEPALIVE)
+
+    def _sync_transport(self) -> Any:
+        if self._sync_inner is None:
+            with self._lock:
+                if self._sync_inner is None:
+                    self._sync_inner = self._http.HTTPTransport(limits=self._limits())
+        return self._sync_inner
+
+    def _async_transport(self) -> Any:
+        if self._async_inner is None:
+            with self._lock:
+                if self._async_inner is None:
+                    self._async_inner = self._http.AsyncHTTPTransport(limits=self._limits())
+        return self._async_inner
+
+    # -- the pieces both loops share
+
+    def _template(self, request: Any, body: bytes) -> RequestTemplate:
+        headers = request.headers
+        has_body = bool(body) or "content-length" in headers or "transfer-encoding" in headers
+        return RequestTemplate(request.url.raw_path, headers.raw, body if has_body else None)
+
+    def _build(self, request: Any, template: RequestTemplate, attempt: Attempt, credential: Any) -> Any:
+        outgoing = template.for_backend(attempt.backend, attempt.deployment, credential)
+        return self._http.Request(
+            request.method,
+            outgoing.url,
+            headers=outgoing.headers,
+            content=outgoing.body,
+            extensions=request.extensions,
+        )
+
+    def _answer(self, request: Any, answer: Answer) -> Any:
+        return self._http.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
+
+    def _deliver(self, response: Any, attempt: Attempt) -> Any:
+        response.headers[BACKEND_HEADER] = attempt.backend.name
+        return response
+
+    # -- the two loops: send, report, and either deliver or fail over
+
+    def handle_request(self, request: Any) -> Any:
+        template = self._template(request, request.read())
+        call = self.balancer.begin(template.deployment)
+        inner = self._sync_transport()
+        while True:
+            step = call.next()
+            if isinstance(step, Answer):
+                return self._answer(request, step)
+            backend = step.backend
+            credential = _api_key_header(backend)
+            if backend.azure_ad_token_provider is not None:
+                token = backend.azure_ad_token_provider()
+                if inspect.isawaitable(token):
+                    if inspect.iscoroutine(token):
+                        token.close()
+                    raise ConfigurationError(
+                        f"Backend {backend.name!r}: its azure_ad_token_provider is async; "
+                        f"use it with AsyncAzureOpenAI or give a sync provider."
+                    )
+                credential = _bearer(token, backend)
+            try:
+                response = inner.handle_request(self._build(request, template, step, credential))
+            except self._failover_errors as error:
+                call.report_error(step, error)
+                continue
+            status = response.status_code
+            body = response.read() if call.needs_body(status) else None
+            if call.report(step, status, response.headers, body):
+                return self._deliver(response, step)
+            response.close()
+
+    async def handle_async_request(self, request: Any) -> Any:
+        template = self._template(request, await request.aread())
+        call = self.balancer.begin(template.deployment)
+        inner = self._async_transport()
+        while True:
+            step = call.next()
+            if isinstance(step, Answer):
+                return self._answer(request, step)
+            backend = step.backend
+            credential = _api_key_header(backend)
+            if backend.azure_ad_token_provider is not None:
+                token = backend.azure_ad_token_provider()
+                if inspect.isawaitable(token):
+                    token = await token
+                credential = _bearer(token, backend)
+            try:
+                response = await inner.handle_async_request(self._build(request, template, step, credential))
+            except self._failover_errors as error:
+                call.report_error(step, error)
+                continue
+            status = response.status_code
+            body = await response.aread() if call.needs_body(status) else None
+            if call.report(step, status, response.headers, body):
+                return self._deliver(response, step)
+            await response.aclose()
+
+    def close(self) -> None:
+        if self._sync_inner is not None:
+            self._sync_inner.close()
+
+    async def aclose(self) -> None:
+        if self._async_inner is not None:
+            await self._async_inner.aclose()
