@@ -203,10 +203,12 @@ class Call:
         if soonest == math.inf:
             return self._not_found()
         wait = max(soonest - now, 0.001)
-        seconds = math.ceil(wait)
+        # Rounding up, less float noise: 1000 + 1.2 - 1000 must still say 1200 ms.
+        milliseconds = math.ceil(wait * 1000 - 1e-6)
+        seconds = math.ceil(milliseconds / 1000)
         headers = [
             ("content-type", "application/json"),
-            ("retry-after-ms", str(math.ceil(wait * 1000))),
+            ("retry-after-ms", str(milliseconds)),
             ("retry-after", str(seconds)),
         ]
         if wait > balancer.client_wait_limit:
