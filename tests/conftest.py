@@ -11,25 +11,8 @@ from typing import Any
 import pytest
 
 import openai_lb
+from helpers import FakeClock
 from openai_lb._clients import sdk_transport_class
-
-
-class FakeClock:
-    """A monotonic clock and a wall clock that only move when a test says so."""
-
-    def __init__(self, start: float = 1000.0, wall_start: float = 1_700_000_000.0) -> None:
-        self.now = start
-        self.wall_now = wall_start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.wall_now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self.wall_now += seconds
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from conftest import FakeClock
+from helpers import FakeClock
 
 from openai_lb import Backend, InMemoryHealthStore, Policy
 from openai_lb._core import Answer, Attempt, Balancer, Call

@@ -1,0 +1,85 @@
+"""End-to-end fixtures: fake Azure OpenAI servers on 127.0.0.1 and balanced SDK clients over them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+from helpers import FakeClock
+
+import openai_lb
+from openai_lb import Backend, InMemoryHealthStore, Policy
+from openai_lb.testing import FakeAzureOpenAI
+
+API_VERSION = "2024-10-21"
+CLIENT_KEY = "client-key"
+LEGACY_HTTPX = os.environ.get("OPENAI_LB_TEST_HTTP_STACK") == "httpx"
+
+ServerFactory = Callable[..., FakeAzureOpenAI]
+
+
+@pytest.fixture
+def servers() -> Iterator[ServerFactory]:
+    """Start fake servers on demand; all are stopped after the test."""
+    started: list[FakeAzureOpenAI] = []
+
+    def start(name: str, **kwargs: Any) -> FakeAzureOpenAI:
+        kwargs.setdefault("deployments", {"gpt-4o"})
+        server = FakeAzureOpenAI(name=name, **kwargs)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+ClientFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def balanced(transport_cls: type[Any]) -> Iterator[ClientFactory]:
+    """Build a balanced SDK client, sync or async.
+
+    Normally this is ``openai_lb.AzureOpenAI``; with a ``clock`` (or in the legacy-httpx
+    tox cell) it is the SDK's own class over an http client built around the transport,
+    the recipe the README gives for bringing your own http client.
+    """
+    clients: list[Any] = []
+
+    def make(
+        backends: list[Backend],
+        *,
+        is_async: bool = False,
+        clock: FakeClock | None = None,
+        policy: Policy | None = None,
+        store: InMemoryHealthStore | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        kwargs.setdefault("api_version", API_VERSION)
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("api_key", CLIENT_KEY)
+        store = store if store is not None else InMemoryHealthStore()
+        if clock is not None or LEGACY_HTTPX:
+            timing = {"clock": clock, "wall_clock": clock.wall} if clock is not None else {}
+            transport = transport_cls(backends, policy=policy, health_store=store, **timing)
+            http = transport_cls._http
+            kwargs.setdefault("azure_endpoint", "http://127.0.0.1:9")
+            if is_async:
+                client: Any = openai.AsyncAzureOpenAI(http_client=http.AsyncClient(transport=transport), **kwargs)
+            else:
+                client = openai.AzureOpenAI(http_client=http.Client(transport=transport), **kwargs)
+        else:
+            cls = openai_lb.AsyncAzureOpenAI if is_async else openai_lb.AzureOpenAI
+            client = cls(backends=backends, policy=policy, health_store=store, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        if isinstance(client, openai.AzureOpenAI):
+            client.close()

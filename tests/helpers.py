@@ -1,0 +1,21 @@
+"""Test helpers importable from every test module (``tests`` is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+
+class FakeClock:
+    """A monotonic clock and a wall clock that only move when a test says so."""
+
+    def __init__(self, start: float = 1000.0, wall_start: float = 1_700_000_000.0) -> None:
+        self.now = start
+        self.wall_now = wall_start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.wall_now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.wall_now += seconds

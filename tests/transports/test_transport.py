@@ -1,0 +1,220 @@
+"""The balancing transport over an in-memory inner transport (MockTransport), for the stack under test."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from openai_lb import Backend, ConfigurationError, InMemoryHealthStore
+
+CHAT_URL = "https://client.example.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+PTU = Backend("https://ptu.example.com", priority=1, api_key="PTU-KEY", name="ptu")
+PAYGO = Backend("https://paygo.example.com/pre", priority=2, name="paygo")
+
+
+def ok(http: ModuleType, **extra: Any) -> Any:
+    return http.Response(200, json={"ok": True}, **extra)
+
+
+def chat_request(http: ModuleType, **kwargs: Any) -> Any:
+    headers = {"api-key": "CLIENT-KEY", "Authorization": "Bearer CLIENT-KEY", "content-type": "application/json"}
+    return http.Request("POST", CHAT_URL, headers=headers, json={"messages": []}, **kwargs)
+
+
+def by_host(http: ModuleType, answers: dict[str, list[Any]], seen: list[Any]) -> Any:
+    """A MockTransport answering per backend host from a list of responses or exceptions."""
+
+    def handler(request: Any) -> Any:
+        seen.append(request)
+        answer = answers[request.url.host].pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return http.MockTransport(handler)
+
+
+def make(transport_cls: type[Any], inner: Any, backends: list[Backend] | None = None) -> Any:
+    return transport_cls(backends or [PTU, PAYGO], transport=inner, health_store=InMemoryHealthStore())
+
+
+def test_429_fails_over_and_the_answer_names_the_backend(http: ModuleType, transport_cls: type[Any]) -> None:
+    seen: list[Any] = []
+    inner = by_host(
+        http,
+        {"ptu.example.com": [http.Response(429, headers={"retry-after": "5"})], "paygo.example.com": [ok(http)]},
+        seen,
+    )
+    response = make(transport_cls, inner).handle_request(chat_request(http))
+    assert response.status_code == 200
+    assert response.headers["x-openai-lb-backend"] == "paygo"
+    assert [str(r.url) for r in seen] == [
+        "https://ptu.example.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+        "https://paygo.example.com/pre/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+    ]
+
+
+def test_each_backend_gets_only_its_own_credential(http: ModuleType, transport_cls: type[Any]) -> None:
+    seen: list[Any] = []
+    inner = by_host(http, {"ptu.example.com": [http.Response(503)], "paygo.example.com": [ok(http)]}, seen)
+    make(transport_cls, inner).handle_request(chat_request(http))
+    ptu, paygo = seen
+    assert ptu.headers["api-key"] == "PTU-KEY"
+    assert "authorization" not in ptu.headers, "the client's key as Bearer must not reach the PTU"
+    assert ptu.headers["host"] == "ptu.example.com"
+    assert paygo.headers["api-key"] == "CLIENT-KEY", "a backend without its own key uses the client's"
+    assert "PTU-KEY" not in str(paygo.headers.raw)
+
+
+@pytest.mark.parametrize("error_name", ["ConnectError", "ReadTimeout", "RemoteProtocolError", "ReadError"])
+def test_transport_errors_fail_over(http: ModuleType, transport_cls: type[Any], error_name: str) -> None:
+    seen: list[Any] = []
+    error = getattr(http, error_name)("boom")
+    inner = by_host(http, {"ptu.example.com": [error], "paygo.example.com": [ok(http)]}, seen)
+    response = make(transport_cls, inner).handle_request(chat_request(http))
+    assert response.headers["x-openai-lb-backend"] == "paygo"
+
+
+def test_exceptions_that_are_not_transport_errors_propagate(http: ModuleType, transport_cls: type[Any]) -> None:
+    inner = by_host(http, {"ptu.example.com": [KeyError("bug")], "paygo.example.com": [ok(http)]}, [])
+    with pytest.raises(KeyError):
+        make(transport_cls, inner).handle_request(chat_request(http))
+
+
+def test_everything_cooling_answers_a_synthetic_429(http: ModuleType, transport_cls: type[Any]) -> None:
+    inner = by_host(
+        http,
+        {
+            "ptu.example.com": [http.Response(429, headers={"retry-after-ms": "8000"})],
+            "paygo.example.com": [http.Response(429, headers={"retry-after-ms": "2000"})],
+        },
+        [],
+    )
+    transport = make(transport_cls, inner)
+    response = transport.handle_request(chat_request(http))
+    assert response.status_code == 429
+    assert response.headers["retry-after-ms"] in ("2000", "1999"), response.headers
+    assert json.loads(response.read())["error"]["code"] == "429"
+
+
+class _Tracked:
+    """Mixin recording whether a response stream was closed."""
+
+    closed = False
+
+
+def test_responses_failed_over_from_are_closed(http: ModuleType, transport_cls: type[Any]) -> None:
+    class Stream(_Tracked, http.SyncByteStream):  # type: ignore[name-defined,misc]
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"{}"
+
+        def close(self) -> None:
+            self.closed = True
+
+    stream = Stream()
+    inner = by_host(http, {"ptu.example.com": [http.Response(500, stream=stream)], "paygo.example.com": [ok(http)]}, [])
+    make(transport_cls, inner).handle_request(chat_request(http))
+    assert stream.closed, "the 500 response's stream must be closed before failing over"
+
+
+@pytest.mark.anyio
+async def test_async_responses_failed_over_from_are_closed(http: ModuleType, transport_cls: type[Any]) -> None:
+    class Stream(_Tracked, http.AsyncByteStream):  # type: ignore[name-defined,misc]
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"{}"
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    stream = Stream()
+    inner = by_host(http, {"ptu.example.com": [http.Response(429, stream=stream)], "paygo.example.com": [ok(http)]}, [])
+    response = await make(transport_cls, inner).handle_async_request(chat_request(http))
+    assert response.headers["x-openai-lb-backend"] == "paygo"
+    assert stream.closed
+
+
+def test_the_callers_request_is_never_mutated(http: ModuleType, transport_cls: type[Any]) -> None:
+    inner = by_host(http, {"ptu.example.com": [http.Response(502)], "paygo.example.com": [ok(http)]}, [])
+    request = chat_request(http)
+    before = (str(request.url), list(request.headers.raw), request.read())
+    make(transport_cls, inner).handle_request(request)
+    assert (str(request.url), list(request.headers.raw), request.read()) == before
+
+
+def test_multipart_bodies_are_resent_intact_on_failover(http: ModuleType, transport_cls: type[Any]) -> None:
+    seen: list[Any] = []
+    inner = by_host(http, {"ptu.example.com": [http.ConnectError("refused")], "paygo.example.com": [ok(http)]}, seen)
+    payload = bytes(range(256)) * 40
+    request = http.Request(
+        "POST",
+        "https://client.example.com/openai/files?api-version=1",
+        files={"file": ("data.jsonl", payload)},
+        data={"purpose": "batch"},
+    )
+    make(transport_cls, inner).handle_request(request)
+    first, second = (r.read() for r in seen)
+    assert first == second == request.read()
+    assert payload in second
+    assert seen[1].headers["content-type"] == request.headers["content-type"], "multipart boundary kept"
+
+
+def test_token_provider_is_called_per_attempt_and_its_token_goes_only_to_its_backend(
+    http: ModuleType, transport_cls: type[Any]
+) -> None:
+    calls: list[str] = []
+
+    def token() -> str:
+        calls.append("t")
+        return f"TOKEN-{len(calls)}"
+
+    entra = Backend("https://entra.example.com", priority=1, azure_ad_token_provider=token, name="entra")
+    seen: list[Any] = []
+    inner = by_host(http, {"entra.example.com": [http.Response(503), ok(http)], "paygo.example.com": [ok(http)]}, seen)
+    transport = make(transport_cls, inner, [entra, PAYGO])
+    transport.handle_request(chat_request(http))
+    assert seen[0].headers["authorization"] == "Bearer TOKEN-1"
+    assert "api-key" not in seen[0].headers
+    assert "TOKEN" not in str(seen[1].headers.raw)
+
+
+def test_async_token_provider_on_the_sync_path_is_a_clear_error(http: ModuleType, transport_cls: type[Any]) -> None:
+    async def token() -> str:
+        return "t"
+
+    entra = Backend("https://entra.example.com", azure_ad_token_provider=token, name="entra")
+    inner = by_host(http, {"entra.example.com": [ok(http)]}, [])
+    with pytest.raises(ConfigurationError, match="'entra'.*async"):
+        make(transport_cls, inner, [entra]).handle_request(chat_request(http))
+
+
+@pytest.mark.anyio
+async def test_async_token_provider_is_awaited(http: ModuleType, transport_cls: type[Any]) -> None:
+    async def token() -> str:
+        return "ASYNC-TOKEN"
+
+    entra = Backend("https://entra.example.com", azure_ad_token_provider=token, name="entra")
+    seen: list[Any] = []
+    inner = by_host(http, {"entra.example.com": [ok(http)]}, seen)
+    await make(transport_cls, inner, [entra]).handle_async_request(chat_request(http))
+    assert seen[0].headers["authorization"] == "Bearer ASYNC-TOKEN"
+
+
+def test_closing_the_transport_closes_its_inner_transports(http: ModuleType, transport_cls: type[Any]) -> None:
+    closed: list[str] = []
+
+    class Inner(http.BaseTransport):  # type: ignore[name-defined,misc]
+        def close(self) -> None:
+            closed.append("sync")
+
+    transport = transport_cls([PTU], transport=Inner())
+    transport.close()
+    assert closed == ["sync"]
+
+
+def test_transport_repr_names_backends_and_hides_keys(transport_cls: type[Any]) -> None:
+    text = repr(transport_cls([PTU, PAYGO]))
+    assert "ptu" in text and "paygo" in text and "PTU-KEY" not in text
