@@ -9,9 +9,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import FakeClock
 
 import openai_lb
-from helpers import FakeClock
 from openai_lb._clients import sdk_transport_class
 
 

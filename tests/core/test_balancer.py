@@ -7,9 +7,9 @@ import random
 from collections import Counter
 
 import pytest
+from helpers import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from helpers import FakeClock
 
 from openai_lb import Backend, InMemoryHealthStore, Policy
 from openai_lb._core import Answer, Attempt, Balancer, Call
@@ -135,7 +135,8 @@ def test_each_backend_is_tried_at_most_once_per_call(clock: FakeClock) -> None:
         seen.append(step.backend.name)
         call.report(step, 503, {}, None)
     assert sorted(seen) == ["far", "paygo-a", "paygo-b", "ptu"]
-    assert seen[0] == "ptu" and seen[-1] == "far", f"tiers in order: {seen}"
+    assert seen[0] == "ptu", f"tiers in order: {seen}"
+    assert seen[-1] == "far", f"tiers in order: {seen}"
     assert call.attempts == 4
 
 
@@ -266,7 +267,8 @@ def test_every_backend_cooling_answers_429_with_the_soonest_recovery(clock: Fake
     assert headers["retry-after"] == "3", "seconds are rounded up"
     assert "x-should-retry" not in headers
     error = json.loads(step.body)["error"]
-    assert error["code"] == "429" and "paygo-a" in error["message"]
+    assert error["code"] == "429"
+    assert "paygo-a" in error["message"]
 
 
 def test_last_backend_answering_429_within_the_call_gives_the_synthetic_429(clock: FakeClock) -> None:
@@ -299,7 +301,8 @@ def test_missing_deployments_do_not_count_as_soonest_recovery(clock: FakeClock) 
     call.report(attempt(call), 404, {}, NOT_FOUND)
     call.report(attempt(call), 429, {"retry-after-ms": "3000"}, None)
     step = answer(call)
-    assert step.status == 429 and headers_of(step)["retry-after-ms"] == "3000"
+    assert step.status == 429
+    assert headers_of(step)["retry-after-ms"] == "3000"
 
 
 def test_requests_without_a_deployment_cool_apart_from_every_deployment(clock: FakeClock) -> None:

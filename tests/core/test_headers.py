@@ -81,9 +81,7 @@ def test_retry_after_ms_is_milliseconds(value: str, seconds: float) -> None:
 # --- retry-after -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("value", "seconds"), [("3", 3.0), ("2.5", 2.5), (" 10 ", 10.0), ("+4", 4.0), ("1e3", 1000.0)]
-)
+@pytest.mark.parametrize(("value", "seconds"), [("3", 3.0), ("2.5", 2.5), (" 10 ", 10.0), ("+4", 4.0), ("1e3", 1000.0)])
 def test_retry_after_is_seconds(value: str, seconds: float) -> None:
     got = cooldown({RETRY_AFTER: value})
     assert got == about(seconds, RETRY_AFTER), f"retry-after {value!r} gave {got}"
@@ -253,9 +251,7 @@ header_values = st.one_of(
     headers=st.dictionaries(st.sampled_from(ALL_HEADERS), header_values),
     wall_now=st.one_of(st.just(WALL_NOW), st.floats(allow_nan=True, allow_infinity=True)),
 )
-def test_any_text_never_raises_and_gives_positive_finite_or_none(
-    headers: dict[str, str], wall_now: float
-) -> None:
+def test_any_text_never_raises_and_gives_positive_finite_or_none(headers: dict[str, str], wall_now: float) -> None:
     got = cooldown(headers, wall_now)
     if got is not None:
         seconds, source = got

@@ -7,10 +7,19 @@ from typing import Any
 
 def chat(client: Any, model: str = "gpt-4o") -> Any:
     """One chat completion; returns the raw response (headers) and the parsed completion."""
-    raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "hi"}])
-    return raw
+    return client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "hi"}])
 
 
 def content(raw: Any) -> str:
     text: str = raw.parse().choices[0].message.content
     return text
+
+
+def assert_stream_cut(error: BaseException) -> None:
+    """The error (or one it wraps: openai 3.x wraps it) is the HTTP library's incomplete-body error."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if "incomplete chunked read" in str(seen):
+            return
+        seen = seen.__cause__ or seen.__context__
+    raise AssertionError(f"expected an incomplete-body error, got {error!r}")

@@ -187,7 +187,7 @@ def test_async_token_provider_on_the_sync_path_is_a_clear_error(http: ModuleType
 
     entra = Backend("https://entra.example.com", azure_ad_token_provider=token, name="entra")
     inner = by_host(http, {"entra.example.com": [ok(http)]}, [])
-    with pytest.raises(ConfigurationError, match="'entra'.*async"):
+    with pytest.raises(ConfigurationError, match=r"'entra'.*async"):
         make(transport_cls, inner, [entra]).handle_request(chat_request(http))
 
 
@@ -217,4 +217,6 @@ def test_closing_the_transport_closes_its_inner_transports(http: ModuleType, tra
 
 def test_transport_repr_names_backends_and_hides_keys(transport_cls: type[Any]) -> None:
     text = repr(transport_cls([PTU, PAYGO]))
-    assert "ptu" in text and "paygo" in text and "PTU-KEY" not in text
+    assert "ptu" in text
+    assert "paygo" in text
+    assert "PTU-KEY" not in text

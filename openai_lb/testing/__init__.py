@@ -1,0 +1,45 @@
+"""A fake Azure OpenAI server for tests and benchmarks, built on the standard library only.
+
+`FakeAzureOpenAI` serves chat completions (plain and streamed), embeddings, the
+Responses API, file uploads and the models list on 127.0.0.1 in shapes the real
+``openai`` SDK parses. It checks API keys, deployments, an optional path prefix and
+an optional request budget the way Azure does, records every request, and plays
+scripted faults one request at a time. Every answer's assistant text is
+``"{name}:{deployment}"``, so a test can tell which server and deployment answered.
+
+Example::
+
+    import openai
+    import pytest
+
+    from openai_lb.testing import FakeAzureOpenAI, Reply, ResetConnection
+
+    with FakeAzureOpenAI(name="ptu", deployments={"gpt-4o"}, api_keys={"k1"}) as server:
+        client = openai.AzureOpenAI(
+            azure_endpoint=server.url, api_key="k1", api_version="2024-10-21", max_retries=0
+        )
+        server.script(Reply(429, headers={"retry-after-ms": "1500"}), ResetConnection())
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.APIConnectionError):
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        answer = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content == "ptu:gpt-4o"
+        assert [r.deployment for r in server.requests] == ["gpt-4o"] * 3
+
+For connection-refused tests, `closed_port_url` gives the URL of a port nothing listens on.
+"""
+
+from openai_lb.testing._actions import Action, CutStream, RecordedRequest, Reply, ResetConnection, Stall
+from openai_lb.testing._server import FakeAzureOpenAI, closed_port_url
+
+__all__ = [
+    "Action",
+    "CutStream",
+    "FakeAzureOpenAI",
+    "RecordedRequest",
+    "Reply",
+    "ResetConnection",
+    "Stall",
+    "closed_port_url",
+]

@@ -1,0 +1,91 @@
+"""Scripted actions and request records of the fake Azure OpenAI server."""
+
+from __future__ import annotations
+
+import json as _json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer one request with a chosen status, extra headers and an optional JSON body.
+
+    With ``json=None`` the body is an Azure-style error object for ``status >= 400``,
+    the endpoint's normal answer for 2xx, and empty otherwise. ``content-length`` and
+    ``transfer-encoding`` in ``headers`` are ignored: the server always frames the body
+    correctly (use `CutStream` to break framing).
+    """
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    json: object | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, int) or not 200 <= self.status <= 599:
+            raise ValueError(f"Reply status must be an int in 200..599, got {self.status!r}")
+        # Keep a private copy so that editing the caller's dict later cannot change a queued reply.
+        object.__setattr__(self, "headers", dict(self.headers))
+
+
+@dataclass(frozen=True, slots=True)
+class ResetConnection:
+    """Read the request, then drop the connection with a TCP RST instead of answering."""
+
+
+@dataclass(frozen=True, slots=True)
+class CutStream:
+    """Start the normal answer as a stream, then close the connection after ``after`` events.
+
+    Chat completions and responses are sent as server-sent events whatever the request's
+    ``stream`` flag says; the connection closes after ``after`` events without the final
+    zero-length chunk, so the client sees a truncated body rather than a clean end. Other
+    endpoints send a ``content-length`` header and then only half of the JSON body.
+    """
+
+    after: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.after, int) or self.after < 0:
+            raise ValueError(f"CutStream.after must be an int >= 0, got {self.after!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """Wait ``seconds`` before handling the request normally (auth, budget and all).
+
+    The wait ends early when the server stops; the connection is then closed unanswered.
+    """
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.seconds) or self.seconds < 0:
+            raise ValueError(f"Stall.seconds must be a finite number >= 0, got {self.seconds!r}")
+
+
+Action: TypeAlias = Reply | ResetConnection | CutStream | Stall
+"""Anything `FakeAzureOpenAI.script` accepts."""
+
+ACTION_TYPES = (Reply, ResetConnection, CutStream, Stall)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One HTTP request as the fake server received it, before any check or scripted action."""
+
+    method: str
+    path: str
+    """The path as sent, without the query string (the path prefix included)."""
+    query: dict[str, str]
+    headers: dict[str, str]
+    """Header names lower-cased; repeated headers joined with ``", "``."""
+    body: bytes
+    deployment: str | None
+    """The deployment from the URL path, or the JSON body's ``model`` on v1 and responses routes."""
+
+    def json(self) -> Any:
+        """Parse the body as JSON (raises `ValueError` when it is not JSON)."""
+        return _json.loads(self.body)

@@ -1,0 +1,414 @@
+"""Answer bodies of the fake Azure OpenAI server, shaped like the real service's."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.utils import collapse_rfc2231_value
+from http import HTTPStatus
+from typing import Any
+
+JsonObject = dict[str, Any]
+
+NOT_FOUND_MESSAGE = "Resource not found"
+DEPLOYMENT_NOT_FOUND_MESSAGE = (
+    "The API deployment for this resource does not exist. If you created the deployment "
+    "within the last 5 minutes, please wait a moment and try again."
+)
+ACCESS_DENIED_MESSAGE = (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide "
+    "a valid key for an active subscription and use a correct regional API endpoint for your resource."
+)
+
+# Wording of the real service (or of the OpenAI API it fronts) for statuses a test may script.
+_STATUS_MESSAGES = {
+    400: "The request is invalid.",
+    401: ACCESS_DENIED_MESSAGE,
+    403: "Access denied. The caller is not allowed to perform this operation.",
+    404: NOT_FOUND_MESSAGE,
+    408: "The request timed out. Please try again.",
+    413: "The request is too large.",
+    500: "The server had an error while processing your request. Sorry about that!",
+    502: "Bad gateway.",
+    503: "The service is temporarily unable to process your request. Please try again later.",
+    504: "The server did not answer in time. Please try again later.",
+}
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+# Small values that float32 stores exactly, so base64 and float answers decode to the same numbers.
+_EMBEDDING_TAIL = (0.5, -0.25, 0.125)
+
+
+class BadRequest(Exception):
+    """The request cannot be answered normally; the message goes into a 400 error body."""
+
+
+def error_body(code: str, message: str) -> JsonObject:
+    """Build Azure's error envelope ``{"error": {"code": ..., "message": ...}}``."""
+    return {"error": {"code": code, "message": message}}
+
+
+def rate_limit_message(operation: str, api_version: str, retry_after: int | None) -> str:
+    """Word a 429 message the way Azure OpenAI does for call rate limits."""
+    message = (
+        f"Requests to the {operation} Operation under Azure OpenAI API version {api_version} "
+        "have exceeded call rate limit of your current OpenAI S0 pricing tier."
+    )
+    if retry_after is not None:
+        message += f" Please retry after {retry_after} seconds."
+    return (
+        message + " Please go here: https://aka.ms/oai/quotaincrease if you would like to further"
+        " increase the default rate limit."
+    )
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> int | None:
+    """Read whole seconds to wait from ``retry-after`` or ``retry-after-ms`` (any case), if present."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    for name, scale in (("retry-after", 1.0), ("retry-after-ms", 1000.0)):
+        try:
+            return max(1, math.ceil(float(lowered[name]) / scale))
+        except (KeyError, ValueError, OverflowError):
+            continue
+    return None
+
+
+def status_error_body(status: int, headers: Mapping[str, str], operation: str, api_version: str) -> JsonObject:
+    """Build the Azure-style error body a scripted error status gets when it brings no JSON."""
+    if status == 429:
+        message = rate_limit_message(operation, api_version, retry_after_seconds(headers))
+    else:
+        message = default_message(status)
+    return error_body(str(status), message)
+
+
+def default_message(status: int) -> str:
+    """Word an error message for ``status`` like the real service, or use the HTTP reason phrase."""
+    if status in _STATUS_MESSAGES:
+        return _STATUS_MESSAGES[status]
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP status {status}"
+
+
+def sse_event(data: object, event: str | None = None) -> bytes:
+    """Encode one server-sent event carrying ``data`` as compact JSON."""
+    line = b"data: " + json.dumps(data, separators=(",", ":")).encode()
+    if event is not None:
+        line = b"event: " + event.encode() + b"\n" + line
+    return line + b"\n\n"
+
+
+def split_text(text: str, parts: int) -> list[str]:
+    """Cut ``text`` into ``parts`` consecutive pieces of near-equal length (some may be empty)."""
+    size, extra = divmod(len(text), parts)
+    pieces: list[str] = []
+    start = 0
+    for index in range(parts):
+        end = start + size + (1 if index < extra else 0)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def estimate_tokens(payload: object) -> int:
+    """Guess a token count the cheap way (about four characters per token), at least 1."""
+    return max(1, len(json.dumps(payload, default=str)) // 4)
+
+
+def new_id(prefix: str) -> str:
+    """Make an identifier with the prefix the real API uses for that object kind."""
+    return prefix + uuid.uuid4().hex
+
+
+def chat_completion(content: str, model: str, prompt_tokens: int) -> JsonObject:
+    """Build a non-streaming ``chat.completion`` object whose reply is ``content``."""
+    completion_tokens = estimate_tokens(content)
+    return {
+        "id": new_id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def chat_completion_events(
+    content: str, model: str, pieces: int, prompt_tokens: int, include_usage: bool
+) -> list[bytes]:
+    """Build the SSE events of a streamed chat completion, ``[DONE]`` included."""
+    completion_id = new_id("chatcmpl-")
+    created = int(time.time())
+    texts = split_text(content, pieces)
+    events: list[bytes] = []
+    for index, text in enumerate(texts):
+        delta: JsonObject = {"content": text}
+        if index == 0:
+            delta = {"role": "assistant", "content": text}
+        last = index == len(texts) - 1
+        chunk: JsonObject = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": "stop" if last else None, "logprobs": None}],
+        }
+        events.append(sse_event(chunk))
+    if include_usage:
+        # Like the real API: one extra chunk with no choices that carries the usage.
+        completion_tokens = estimate_tokens(content)
+        usage_chunk: JsonObject = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        events.append(sse_event(usage_chunk))
+    events.append(DONE_EVENT)
+    return events
+
+
+def _output_message(message_id: str, text: str, status: str) -> JsonObject:
+    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": content if status == "completed" else [],
+    }
+
+
+def response_object(
+    content: str,
+    model: str,
+    prompt_tokens: int,
+    *,
+    response_id: str | None = None,
+    message_id: str | None = None,
+    completed: bool = True,
+) -> JsonObject:
+    """Build a Responses API ``response`` object whose output text is ``content``."""
+    output_tokens = estimate_tokens(content)
+    created = int(time.time())
+    return {
+        "id": response_id or new_id("resp_"),
+        "object": "response",
+        "created_at": created,
+        "status": "completed" if completed else "in_progress",
+        "completed_at": created if completed else None,
+        "model": model,
+        "output": [_output_message(message_id or new_id("msg_"), content, "completed")] if completed else [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "metadata": {},
+        "previous_response_id": None,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "text": {"format": {"type": "text"}},
+        "truncation": "disabled",
+        "usage": (
+            {
+                "input_tokens": prompt_tokens,
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "output_tokens": output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt_tokens + output_tokens,
+            }
+            if completed
+            else None
+        ),
+    }
+
+
+def response_events(content: str, model: str, pieces: int, prompt_tokens: int) -> list[bytes]:
+    """Build the SSE events of a streamed Responses API answer, in the order the real API sends them."""
+    response_id = new_id("resp_")
+    message_id = new_id("msg_")
+    started = response_object(content, model, prompt_tokens, response_id=response_id, completed=False)
+    finished = response_object(content, model, prompt_tokens, response_id=response_id, message_id=message_id)
+    empty_part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    full_part = {"type": "output_text", "text": content, "annotations": [], "logprobs": []}
+    where = {"item_id": message_id, "output_index": 0, "content_index": 0}
+    bodies: list[JsonObject] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": _output_message(message_id, "", "in_progress"),
+        },
+        {"type": "response.content_part.added", **where, "part": empty_part},
+    ]
+    bodies.extend(
+        {"type": "response.output_text.delta", **where, "delta": text, "logprobs": []}
+        for text in split_text(content, pieces)
+    )
+    bodies += [
+        {"type": "response.output_text.done", **where, "text": content, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": full_part},
+        {
+            "type": "response.output_item.done",
+            "output_index": 0,
+            "item": _output_message(message_id, content, "completed"),
+        },
+        {"type": "response.completed", "response": finished},
+    ]
+    return [sse_event({**body, "sequence_number": number}, event=body["type"]) for number, body in enumerate(bodies)]
+
+
+def embeddings(model: str, payload: JsonObject) -> JsonObject:
+    """Build an embeddings list with one small vector per input, honouring ``encoding_format``."""
+    given = payload.get("input")
+    if isinstance(given, str):
+        count = 1
+    elif isinstance(given, list) and given:
+        # A flat list of ints is one pre-tokenized input; any other list holds one input per item.
+        count = 1 if all(isinstance(item, int) for item in given) else len(given)
+    else:
+        raise BadRequest("'input' must be a non-empty string or array.")
+    as_base64 = payload.get("encoding_format") == "base64"
+    data: list[JsonObject] = []
+    for index in range(count):
+        vector = (float(index), *_EMBEDDING_TAIL)
+        encoded: object = list(vector)
+        if as_base64:
+            encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    tokens = estimate_tokens(given)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def models_list(names: Iterable[str]) -> JsonObject:
+    """Build a ``list`` of ``model`` objects, one per name."""
+    created = int(time.time())
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "system"} for name in names]
+    return {"object": "list", "data": data}
+
+
+def file_object(filename: str, size: int, purpose: str) -> JsonObject:
+    """Build the ``file`` object answered to an upload."""
+    return {
+        "id": new_id("file-"),
+        "object": "file",
+        "bytes": size,
+        "created_at": int(time.time()),
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "status_details": None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class FormPart:
+    """One part of a multipart/form-data body."""
+
+    name: str | None
+    filename: str | None
+    data: bytes
+
+
+def parse_multipart(content_type: str, body: bytes) -> list[FormPart]:
+    """Split a multipart/form-data body into its parts, keeping each part's bytes exact.
+
+    The body is split by hand rather than with `email.parser` because the email parser
+    works on lines and may not return binary payloads byte for byte; the stdlib email
+    package is only used for header parameters (quoting and RFC 2231 filenames).
+    """
+    header = Message()
+    header["content-type"] = content_type
+    if header.get_content_type() != "multipart/form-data":
+        raise BadRequest("Expected a multipart/form-data body.")
+    boundary = header.get_boundary()
+    if not boundary:
+        raise BadRequest("The multipart/form-data content type has no boundary.")
+    delimiter = b"--" + boundary.encode("latin-1")
+    # The first delimiter either opens the body or follows the CRLF that ends a preamble.
+    if body.startswith(delimiter):
+        position = len(delimiter)
+    else:
+        found = body.find(b"\r\n" + delimiter)
+        if found < 0:
+            raise BadRequest("The multipart body has no parts.")
+        position = found + 2 + len(delimiter)
+    parts: list[FormPart] = []
+    while not body.startswith(b"--", position):
+        line_end = body.find(b"\r\n", position)
+        # Only transport padding (spaces, tabs) may sit between a delimiter and its CRLF.
+        if line_end < 0 or body[position:line_end].strip(b" \t"):
+            raise BadRequest("The multipart body has a malformed boundary line.")
+        start = line_end + 2
+        end = body.find(b"\r\n" + delimiter, start)
+        if end < 0:
+            raise BadRequest("The multipart body is not terminated.")
+        parts.append(_parse_part(body[start:end]))
+        position = end + 2 + len(delimiter)
+    return parts
+
+
+def _parse_part(raw: bytes) -> FormPart:
+    if raw.startswith(b"\r\n"):
+        head, data = b"", raw[2:]
+    else:
+        split_at = raw.find(b"\r\n\r\n")
+        if split_at < 0:
+            raise BadRequest("A multipart part has no blank line after its headers.")
+        head, data = raw[: split_at + 2], raw[split_at + 4 :]
+    headers = BytesHeaderParser().parsebytes(head)
+    name = headers.get_param("name", header="content-disposition")
+    return FormPart(
+        name=None if name is None else collapse_rfc2231_value(name),
+        filename=headers.get_filename(),
+        data=data,
+    )
+
+
+def file_upload(content_type: str, body: bytes) -> JsonObject:
+    """Answer a file upload from its multipart body: size and name of the ``file`` part."""
+    parts = parse_multipart(content_type, body)
+    upload = next((part for part in parts if part.name == "file"), None)
+    if upload is None:
+        raise BadRequest("The multipart body has no 'file' part.")
+    purpose_part = next((part for part in parts if part.name == "purpose"), None)
+    purpose = purpose_part.data.decode("utf-8", "replace") if purpose_part else "assistants"
+    return file_object(upload.filename or "file", len(upload.data), purpose)
