@@ -1,0 +1,51 @@
+"""Typed usage of the public API, checked by ``mypy --strict`` (the ``type`` tox environment).
+
+Nothing here runs in the test suite; it keeps the public signatures honest.
+"""
+
+from __future__ import annotations
+
+import openai
+
+import openai_lb
+from openai_lb import AsyncAzureOpenAI, AzureOpenAI, Backend, HealthStore, InMemoryHealthStore, Policy
+
+
+def token() -> str:
+    return "token"
+
+
+async def async_token() -> str:
+    return "token"
+
+
+backends = [
+    Backend("https://ptu-eastus.openai.azure.com", priority=1, api_key="key"),
+    Backend("https://paygo-eastus.openai.azure.com", priority=2, weight=2),
+    Backend(
+        "https://apim.example.net/team-a",
+        priority=2,
+        name="apim",
+        azure_ad_token_provider=token,
+        deployments={"gpt-4o": "gpt-4o-global"},
+    ),
+]
+store: HealthStore = InMemoryHealthStore()
+client: openai.AzureOpenAI = AzureOpenAI(
+    backends=backends, api_version="2024-10-21", api_key="key", policy=Policy(default_cooldown=5), health_store=store
+)
+same_client: openai.AzureOpenAI = client.with_options(timeout=10)
+async_client: openai.AsyncAzureOpenAI = AsyncAzureOpenAI(
+    backends=[Backend("https://a.openai.azure.com", azure_ad_token_provider=async_token)], api_version="2024-10-21"
+)
+handle: openai_lb.Patch = openai_lb.patch(backends)
+with openai_lb.patch(backends):
+    pass
+openai_lb.unpatch()
+openai_lb.reset_state()
+parsed: list[Backend] = openai_lb.backends_from_json('[{"url": "https://a.openai.azure.com"}]')
+name: str = backends[0].name
+version: str = openai_lb.__version__
+transport = openai_lb.HTTPX2Transport(backends)
+legacy = openai_lb.HTTPXTransport(backends, policy=Policy())
+header: str = openai_lb.BACKEND_HEADER
