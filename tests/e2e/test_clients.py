@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import openai
 import pytest
@@ -144,3 +145,25 @@ def test_logs_never_contain_keys_or_tokens(servers, caplog) -> None:
     assert "attempt" in text, f"DEBUG lines per attempt expected: {text}"
     for secret in ("SECRET-KEY-1", "SECRET-TOKEN-2", "SECRET-CLIENT-3"):
         assert secret not in text
+
+
+def test_synthetic_429_says_do_not_retry_beyond_what_this_sdk_major_waits() -> None:
+    import openai._base_client
+
+    from openai_lb._shell import client_wait_limit
+
+    source = Path(openai._base_client.__file__).read_text()
+    expected = 60.0 if "retry_after <= 60" in source else 120.0
+    assert client_wait_limit() == expected, f"openai {openai.__version__}"
+
+
+@pytest.mark.anyio
+async def test_closing_the_async_client_closes_the_balancers_connections(servers) -> None:
+    ptu = servers("ptu")
+    client = openai_lb.AsyncAzureOpenAI(
+        backends=[Backend(ptu.url)], api_key="k", api_version=API_VERSION, health_store=InMemoryHealthStore()
+    )
+    await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    transport = client._client._transport
+    await client.close()
+    assert transport._async_inner._pool.connections == []
