@@ -19,8 +19,9 @@ __all__ = ["Outgoing", "RequestTemplate"]
 
 _OPENAI = b"/openai/"
 _DEPLOYMENTS = b"/openai/deployments/"
-# Recomputed for each attempt from the new URL and body, or replaced by the backend's credential.
+# Recomputed for each attempt from the backend and the body, or replaced by the backend's credential.
 _DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _CREDENTIALS = frozenset({b"api-key", b"authorization"})
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
@@ -28,7 +29,7 @@ RawHeaders = Sequence[tuple[bytes, bytes]]
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One attempt's request line, headers and body, ready for an HTTP library."""
+    """One attempt's URL, complete headers (``Host`` and ``Content-Length`` included) and body."""
 
     url: str
     headers: list[tuple[bytes, bytes]]
@@ -40,10 +41,19 @@ class RequestTemplate:
 
     __slots__ = ("_body_json", "_dep_end", "_dep_start", "_headers", "_raw_path", "_suffix_at", "body", "deployment")
 
-    def __init__(self, raw_path: bytes, headers: RawHeaders, body: bytes | None) -> None:
+    def __init__(self, raw_path: bytes, headers: RawHeaders, body: bytes) -> None:
         self._raw_path = raw_path
-        self.body = body
-        self._headers = [(n, v) for n, v in headers if n.lower() not in _DROPPED]
+        kept = []
+        framed = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower not in _DROPPED:
+                kept.append((name, value))
+            elif lower in _FRAMING:
+                framed = True
+        self._headers = kept
+        # A request that had no framing header (a GET) has no body to send either.
+        self.body: bytes | None = body if body or framed else None
         self._body_json: dict[str, object] | None = None
         at = raw_path.find(_OPENAI)
         if at < 0 and (raw_path == b"/openai" or raw_path.startswith(b"/openai?")):
@@ -61,10 +71,10 @@ class RequestTemplate:
             if end > start:
                 self._dep_start, self._dep_end = start, end
                 self.deployment = unquote(raw_path[start:end].decode("latin-1"))
-        elif body and self._is_json():
+        elif self.body and self._is_json():
             # /openai/v1/... and the Responses API name the deployment in the body's "model".
             try:
-                parsed = json.loads(body)
+                parsed = json.loads(self.body)
             except ValueError:
                 parsed = None
             if isinstance(parsed, dict) and isinstance(parsed.get("model"), str) and parsed["model"]:
@@ -90,8 +100,11 @@ class RequestTemplate:
         path = raw_path[self._suffix_at :].decode("ascii", "replace")
         url = f"{backend.scheme}://{backend.netloc}{backend.prefix}{path}"
         if credential is None:
-            headers = list(self._headers)
+            headers = [(b"Host", backend.netloc.encode()), *self._headers]
         else:
-            headers = [(n, v) for n, v in self._headers if n.lower() not in _CREDENTIALS]
+            headers = [(b"Host", backend.netloc.encode())]
+            headers += [(n, v) for n, v in self._headers if n.lower() not in _CREDENTIALS]
             headers.append(credential)
+        if body is not None:
+            headers.append((b"Content-Length", str(len(body)).encode()))
         return Outgoing(url, headers, body)

@@ -24,6 +24,7 @@ BACKEND_HEADER = "x-openai-lb-backend"
 # The SDK's own pool limits: with a custom transport the client's `limits` no longer apply.
 _MAX_CONNECTIONS = 1000
 _MAX_KEEPALIVE = 100
+_URL_CACHE_SIZE = 1024
 
 
 def client_wait_limit() -> float:
@@ -88,6 +89,7 @@ class BalancingShell:
         self._sync_inner = transport
         self._async_inner = async_transport
         self._lock = threading.Lock()
+        self._urls: dict[str, Any] = {}
 
     @property
     def backends(self) -> tuple[Backend, ...]:
@@ -118,18 +120,21 @@ class BalancingShell:
     # -- the pieces both loops share
 
     def _template(self, request: Any, body: bytes) -> RequestTemplate:
-        headers = request.headers
-        has_body = bool(body) or "content-length" in headers or "transfer-encoding" in headers
-        return RequestTemplate(request.url.raw_path, headers.raw, body if has_body else None)
+        return RequestTemplate(request.url.raw_path, request.headers.raw, body)
 
     def _build(self, request: Any, template: RequestTemplate, attempt: Attempt, credential: Any) -> Any:
         outgoing = template.for_backend(attempt.backend, attempt.deployment, credential)
-        return self._http.Request(
-            request.method,
-            outgoing.url,
-            headers=outgoing.headers,
-            content=outgoing.body,
-            extensions=request.extensions,
+        http = self._http
+        # Parsing a URL string costs more than the rest of an attempt; SDK paths repeat, so cache them.
+        url = self._urls.get(outgoing.url)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[outgoing.url] = http.URL(outgoing.url)
+        # A stream (not content=) keeps the library from re-deriving headers the template already set.
+        body = b"" if outgoing.body is None else outgoing.body
+        return http.Request(
+            request.method, url, headers=outgoing.headers, stream=http.ByteStream(body), extensions=request.extensions
         )
 
     def _answer(self, request: Any, answer: Answer) -> Any:

@@ -31,9 +31,21 @@ def test_origin_and_prefix_follow_the_backend_and_the_sdk_path_is_kept() -> None
     assert out.url == "http://127.0.0.1:8080/team-a/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 
 
-def test_host_and_length_headers_are_left_for_the_http_library_to_recompute() -> None:
-    out = RequestTemplate(CHAT, SDK_HEADERS, b"{}").for_backend(Backend("https://b.example.com"), "gpt-4o", None)
-    assert b"host" not in names(out.headers)
+def test_host_and_length_headers_follow_the_backend_and_the_body_sent() -> None:
+    template = RequestTemplate(CHAT, [*SDK_HEADERS, (b"Transfer-Encoding", b"chunked")], b"{}")
+    out = template.for_backend(Backend("http://B.example.com:8080/pre"), "gpt-4o", None)
+    headers = names(out.headers)
+    assert headers[b"host"] == b"b.example.com:8080"
+    assert headers[b"content-length"] == b"2"
+    assert b"transfer-encoding" not in headers
+    assert sum(1 for n, _ in out.headers if n.lower() == b"host") == 1
+
+
+def test_a_request_without_body_framing_gets_no_body() -> None:
+    out = RequestTemplate(b"/openai/models", [(b"Host", b"x")], b"").for_backend(
+        Backend("https://b.example.com"), None, None
+    )
+    assert out.body is None
     assert b"content-length" not in names(out.headers)
 
 
@@ -68,7 +80,7 @@ def test_deployment_is_read_from_the_path_and_renamed_there() -> None:
 
 
 def test_percent_encoded_deployment_names_round_trip() -> None:
-    template = RequestTemplate(b"/openai/deployments/my%20model/embeddings", [], None)
+    template = RequestTemplate(b"/openai/deployments/my%20model/embeddings", [], b"")
     assert template.deployment == "my model"
     out = template.for_backend(Backend("https://b.example.com"), "other/name", None)
     assert out.url == "https://b.example.com/openai/deployments/other%2Fname/embeddings"
@@ -93,12 +105,12 @@ def test_requests_naming_no_deployment_have_none() -> None:
 
 
 def test_a_path_without_openai_is_appended_to_the_backend_url_whole() -> None:
-    out = RequestTemplate(b"/custom/route", [], None).for_backend(Backend("https://b.example.com/pre"), None, None)
+    out = RequestTemplate(b"/custom/route", [], b"").for_backend(Backend("https://b.example.com/pre"), None, None)
     assert out.url == "https://b.example.com/pre/custom/route"
 
 
-@given(path=st.binary(max_size=80), body=st.one_of(st.none(), st.binary(max_size=80)))
-def test_any_path_and_body_build_an_attempt_without_raising(path: bytes, body: bytes | None) -> None:
+@given(path=st.binary(max_size=80), body=st.binary(max_size=80))
+def test_any_path_and_body_build_an_attempt_without_raising(path: bytes, body: bytes) -> None:
     template = RequestTemplate(path, [(b"content-type", b"application/json")], body)
     out = template.for_backend(Backend("https://b.example.com"), "x", (b"api-key", b"k"))
     assert out.url.startswith("https://b.example.com")
