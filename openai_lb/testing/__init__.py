@@ -27,15 +27,26 @@ Example::
         assert answer.choices[0].message.content == "ptu:gpt-4o"
         assert [r.deployment for r in server.requests] == ["gpt-4o"] * 3
 
+`FakeAzureGroup` serves several `FakeAzureOpenAI` instances on one port, each chosen by
+its ``path_prefix`` and otherwise behaving as it would alone, for clients that can change
+only the host of a URL::
+
+    ptu = FakeAzureOpenAI(name="ptu", path_prefix="/ptu", budget=10, window=1.0)
+    east = FakeAzureOpenAI(name="east", path_prefix="/east")
+    with FakeAzureGroup([ptu, east]) as group:
+        ...  # group.url is http://127.0.0.1:<port>; ptu.url is group.url + "/ptu"
+
 For connection-refused tests, `closed_port_url` gives the URL of a port nothing listens on.
 """
 
 from openai_lb.testing._actions import Action, CutStream, RecordedRequest, Reply, ResetConnection, Stall
+from openai_lb.testing._group import FakeAzureGroup
 from openai_lb.testing._server import FakeAzureOpenAI, closed_port_url
 
 __all__ = [
     "Action",
     "CutStream",
+    "FakeAzureGroup",
     "FakeAzureOpenAI",
     "RecordedRequest",
     "Reply",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from openai_lb.testing import _payloads as payloads
@@ -31,6 +31,9 @@ from openai_lb.testing._actions import (
     ResetConnection,
     Stall,
 )
+
+if TYPE_CHECKING:
+    from openai_lb.testing._group import FakeAzureGroup
 
 _HOST = "127.0.0.1"
 
@@ -154,7 +157,8 @@ class FakeAzureOpenAI:
         clock: Monotonic clock for the budget windows; tests pass a fake one.
 
     The attributes of the same names may be changed while the server runs; each
-    request reads them afresh.
+    request reads them afresh. To serve several servers on one port, told apart by
+    their ``path_prefix``, give them to a `FakeAzureGroup` instead of starting them.
     """
 
     def __init__(
@@ -196,56 +200,44 @@ class FakeAzureOpenAI:
         self._records: list[RecordedRequest] = []
         self._served = 0
         self._rejected = 0
+        self._answers: list[tuple[float, int]] = []
         self._window_start: float | None = None
         self._window_used = 0
-        self._connections: set[socket.socket] = set()
-        self._stopping = threading.Event()
 
-        # Serializes start() and stop() so that concurrent calls cannot leak a server.
+        # Serializes start(), stop() and joining or leaving a group so that concurrent calls cannot leak a server.
         self._lifecycle = threading.Lock()
         self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._group: FakeAzureGroup | None = None
+        """The running group this server answers in, if any."""
         self._port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind a free port on 127.0.0.1 and start serving (does nothing if already serving)."""
+        """Bind a free port on 127.0.0.1 and start serving (does nothing if already serving).
+
+        Raises `RuntimeError` while the server answers in a running `FakeAzureGroup`.
+        """
         with self._lifecycle:
             if self._httpd is not None:
                 return
-            with self._lock:
-                self._stopping = threading.Event()
-                self._window_start = None
-                self._window_used = 0
-            httpd = _HTTPServer((_HOST, 0), self)
-            thread = threading.Thread(
-                target=httpd.serve_forever,
-                kwargs={"poll_interval": _POLL_INTERVAL},
-                name=f"FakeAzureOpenAI({self.name})",
-                daemon=True,
-            )
-            thread.start()
-            self._httpd, self._thread, self._port = httpd, thread, httpd.server_address[1]
+            if self._group is not None:
+                raise RuntimeError(f"{self!r} is serving in {self._group!r}; start and stop the group instead")
+            self._restart_window()
+            # A lone server answers every path itself: a path outside its prefix gets its own 404.
+            httpd = _HTTPServer(lambda path: self, name=self.name, thread_name=f"FakeAzureOpenAI({self.name})")
+            httpd.serve_in_background()
+            self._httpd, self._port = httpd, httpd.port
 
     def stop(self) -> None:
-        """Stop serving and drop open connections, within a fraction of a second (idempotent)."""
+        """Stop serving and drop open connections, within a fraction of a second (idempotent).
+
+        Does nothing while the server answers in a `FakeAzureGroup`: stop the group instead.
+        """
         with self._lifecycle:
-            httpd, thread = self._httpd, self._thread
-            if httpd is None or thread is None:
-                return
-            self._httpd = self._thread = None
-            with self._lock:
-                # Set under the lock so a connection accepted from now on is dropped by _track().
-                self._stopping.set()
-                connections = list(self._connections)
-            httpd.shutdown()
-            httpd.server_close()
-            # Handler threads of idle keep-alive connections block reading the next request;
-            # shutting their sockets down wakes them with EOF so they end now, not when the client leaves.
-            for connection in connections:
-                _quiet_shutdown(connection)
-            thread.join(timeout=1.0)
+            httpd, self._httpd = self._httpd, None
+            if httpd is not None:
+                httpd.close()
 
     def __enter__(self) -> FakeAzureOpenAI:
         self.start()
@@ -267,7 +259,7 @@ class FakeAzureOpenAI:
 
     @property
     def port(self) -> int:
-        """The TCP port the server listens on (raises `RuntimeError` before `start`)."""
+        """The TCP port the server listens on, its group's while grouped (`RuntimeError` before `start`)."""
         if self._port is None:
             raise RuntimeError("FakeAzureOpenAI has not been started; use start() or a with block")
         return self._port
@@ -288,6 +280,12 @@ class FakeAzureOpenAI:
         """How many 2xx answers the server has started sending (CutStream answers excluded)."""
         with self._lock:
             return self._served
+
+    @property
+    def answers(self) -> list[tuple[float, int]]:
+        """``(clock reading, status)`` of every answer started, in order: a timeline for benchmarks."""
+        with self._lock:
+            return list(self._answers)
 
     @property
     def rejected(self) -> int:
@@ -316,26 +314,41 @@ class FakeAzureOpenAI:
             self._records.clear()
             self._served = 0
             self._rejected = 0
+            self._answers.clear()
+            self._window_start = None
+            self._window_used = 0
+
+    # -- used by FakeAzureGroup ------------------------------------------------------
+
+    def _join_group(self, group: FakeAzureGroup, port: int) -> None:
+        """Start answering in ``group``, which listens on ``port``, as `start` would alone."""
+        with self._lifecycle:
+            problem = self._busy_problem()
+            if problem is not None:
+                raise ValueError(problem)
+            self._restart_window()
+            self._group, self._port = group, port
+
+    def _leave_group(self, group: FakeAzureGroup) -> None:
+        with self._lifecycle:
+            if self._group is group:
+                # Like a stopped lone server, the port stays so that url still tells where it was served.
+                self._group = None
+
+    def _busy_problem(self) -> str | None:
+        """Why the server cannot join a group now, or None if it can."""
+        if self._httpd is not None:
+            return f"{self!r} is already running on its own; stop it before serving it in a FakeAzureGroup"
+        if self._group is not None:
+            return f"{self!r} is already serving in {self._group!r}"
+        return None
+
+    def _restart_window(self) -> None:
+        with self._lock:
             self._window_start = None
             self._window_used = 0
 
     # -- used by handler threads -----------------------------------------------------
-
-    def _track(self, connection: socket.socket) -> None:
-        with self._lock:
-            stopping = self._stopping.is_set()
-            if not stopping:
-                self._connections.add(connection)
-        if stopping:
-            _quiet_shutdown(connection)
-
-    def _untrack(self, connection: socket.socket) -> None:
-        with self._lock:
-            self._connections.discard(connection)
-
-    def _wait_unless_stopped(self, seconds: float) -> bool:
-        """Sleep ``seconds``; return True at once if the server stops meanwhile."""
-        return self._stopping.wait(seconds) if seconds > 0 else self._stopping.is_set()
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -345,9 +358,11 @@ class FakeAzureOpenAI:
         with self._lock:
             return self._script.popleft() if self._script else None
 
-    def _count_served(self) -> None:
+    def _note_answer(self, status: int, *, success: bool) -> None:
         with self._lock:
-            self._served += 1
+            self._answers.append((self._clock(), status))
+            if success and 200 <= status < 300:
+                self._served += 1
 
     def _inner_path(self, path: str) -> str | None:
         """Strip the path prefix; None when the path does not start with it."""
@@ -432,15 +447,71 @@ def _quiet_shutdown(connection: socket.socket) -> None:
 
 
 class _HTTPServer(ThreadingHTTPServer):
+    """One listening port on 127.0.0.1 and its threads, for a lone server or a whole group.
+
+    ``member_for`` is the only difference between the two: it chooses, from a request's
+    path, the `FakeAzureOpenAI` that answers it, or None when no member serves that path.
+    The server also owns the open connections and the stopping flag, so that `close`
+    ends idle keep-alive connections, stalls and slow streams of every member at once.
+    """
+
     daemon_threads = True
     # The default backlog of 5 makes bursts of new connections (50 threads at once) wait for SYN retries.
     request_queue_size = 128
     # Never join handler threads on close: idle keep-alive connections would make stop() hang.
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], fake: FakeAzureOpenAI) -> None:
-        self.fake = fake
-        super().__init__(address, _Handler)
+    def __init__(self, member_for: Callable[[str], FakeAzureOpenAI | None], *, name: str, thread_name: str) -> None:
+        self.member_for = member_for
+        self.name = name
+        """Told back in the ``x-fake-server`` header of answers that no member gives."""
+        self.stopping = threading.Event()
+        # Guards _connections and the check of `stopping` that goes with it.
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": _POLL_INTERVAL}, name=thread_name, daemon=True
+        )
+        super().__init__((_HOST, 0), _Handler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def serve_in_background(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop accepting, close the port and drop every open connection, within a fraction of a second."""
+        with self._lock:
+            # Set under the lock so a connection accepted from now on is dropped by track().
+            self.stopping.set()
+            connections = list(self._connections)
+        if self._thread.ident is not None:
+            self.shutdown()
+        self.server_close()
+        # Handler threads of idle keep-alive connections block reading the next request;
+        # shutting their sockets down wakes them with EOF so they end now, not when the client leaves.
+        for connection in connections:
+            _quiet_shutdown(connection)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=1.0)
+
+    def track(self, connection: socket.socket) -> None:
+        with self._lock:
+            stopping = self.stopping.is_set()
+            if not stopping:
+                self._connections.add(connection)
+        if stopping:
+            _quiet_shutdown(connection)
+
+    def untrack(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+
+    def wait_unless_stopped(self, seconds: float) -> bool:
+        """Sleep ``seconds``; return True at once if the server stops meanwhile."""
+        return self.stopping.wait(seconds) if seconds > 0 else self.stopping.is_set()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind would call socket.getfqdn(), a reverse DNS lookup we neither need nor want.
@@ -462,18 +533,39 @@ class _Handler(BaseHTTPRequestHandler):
     # Stream events are small writes; without TCP_NODELAY Nagle could hold them back.
     disable_nagle_algorithm = True
 
-    fake: FakeAzureOpenAI
+    listener: _HTTPServer
+    member: FakeAzureOpenAI | None
+    """The server answering the current request, chosen afresh for each request from its path."""
 
     def setup(self) -> None:
         super().setup()
-        self.fake = cast(_HTTPServer, self.server).fake
-        self.fake._track(self.connection)
+        self.listener = cast(_HTTPServer, self.server)
+        self.member = None
+        self.listener.track(self.connection)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            self.fake._untrack(self.connection)
+            self.listener.untrack(self.connection)
+
+    @property
+    def fake(self) -> FakeAzureOpenAI:
+        """The member answering the current request; only used once one was found."""
+        if self.member is None:
+            raise RuntimeError("no FakeAzureOpenAI serves this request's path")
+        return self.member
+
+    def handle_one_request(self) -> None:
+        # Requests on one keep-alive connection may go to different members of a group.
+        self.member = None
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        if parsed:
+            self.member = self.listener.member_for(urlsplit(self.path).path)
+        return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
         # Keep test output clean; server.requests is the log.
@@ -497,16 +589,27 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # Malformed requests and unknown methods get an Azure-style JSON error, not an HTML page.
         self.close_connection = True
+        if self.member is None:
+            # No path was parsed; a lone server still answers as itself, a group as nobody.
+            self.member = self.listener.member_for("")
         self._send_json(code, payloads.error_body(str(code), message or payloads.default_message(code)))
 
     # -- request flow ----------------------------------------------------------------
 
     def _dispatch(self) -> None:
         try:
-            self._handle_request()
+            if self.member is None:
+                self._answer_unclaimed()
+            else:
+                self._handle_request()
         except OSError:
             # The client went away (or the server is stopping); there is nobody to answer.
             self.close_connection = True
+
+    def _answer_unclaimed(self) -> None:
+        """Answer a request for a path that no member of a group serves; nobody records it."""
+        if self._read_body() is not None:
+            self._send_error(404, "404", payloads.NOT_FOUND_MESSAGE)
 
     def _handle_request(self) -> None:
         fake = self.fake
@@ -527,7 +630,7 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(action, CutStream):
             self._send_answer(self._answer_or_empty(exchange, stream=True), cut_after=action.after)
             return
-        if isinstance(action, Stall) and fake._wait_unless_stopped(action.seconds):
+        if isinstance(action, Stall) and self.listener.wait_unless_stopped(action.seconds):
             self.close_connection = True
             return
         self._answer_normally(exchange)
@@ -677,11 +780,12 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, headers: Mapping[str, str], defaults: Mapping[str, str], *, success: bool = True
     ) -> None:
         """Send the status line and headers; ``success=False`` keeps a 2xx out of `served`."""
-        if success and 200 <= status < 300:
-            self.fake._count_served()
+        if self.member is not None:
+            self.member._note_answer(status, success=success)
         self.send_response(status)
         request_id = str(uuid.uuid4())
-        base = {"x-fake-server": self.fake.name, "x-request-id": request_id, "apim-request-id": request_id}
+        answerer = self.member.name if self.member is not None else self.listener.name
+        base = {"x-fake-server": answerer, "x-request-id": request_id, "apim-request-id": request_id}
         # Keyed by lower-cased name so a scripted header replaces a default whatever its case.
         merged: dict[str, tuple[str, str]] = {}
         for key, value in (*base.items(), *defaults.items(), *headers.items()):
@@ -729,7 +833,7 @@ class _Handler(BaseHTTPRequestHandler):
         limit = len(answer.events) if cut_after is None else min(cut_after, len(answer.events))
         sent = 0
         while sent < limit:
-            if sent > 0 and self.fake._wait_unless_stopped(self.fake.chunk_delay):
+            if sent > 0 and self.listener.wait_unless_stopped(self.fake.chunk_delay):
                 break
             event = answer.events[sent]
             # One HTTP chunk per event, written at once, so the client can read it right away.

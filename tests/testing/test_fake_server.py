@@ -642,3 +642,16 @@ def test_reset_clears_script_records_and_counters(server: FakeAzureOpenAI) -> No
     assert server.requests == []
     assert (server.served, server.rejected, server.pending_actions) == (0, 0, 0)
     assert post_chat(server.url).status == 200, "the cleared script no longer applies"
+
+
+def test_answers_log_every_status_with_the_servers_clock() -> None:
+    ticks = iter(range(100, 200))
+    with FakeAzureOpenAI(name="log", clock=lambda: float(next(ticks))) as server:
+        server.script(Reply(429), Reply(500))
+        for _ in range(3):
+            post_chat(server.url)
+        assert [status for _, status in server.answers] == [429, 500, 200]
+        times = [t for t, _ in server.answers]
+        assert times == sorted(times)
+        server.reset()
+        assert server.answers == []
