@@ -456,8 +456,8 @@ class _HTTPServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
-    # The default backlog of 5 makes bursts of new connections (50 threads at once) wait for SYN retries.
-    request_queue_size = 128
+    # The default backlog of 5 makes bursts of new connections (hundreds of tasks at once) wait for SYN retries.
+    request_queue_size = 2048
     # Never join handler threads on close: idle keep-alive connections would make stop() hang.
     block_on_close = False
 
