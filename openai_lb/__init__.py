@@ -18,6 +18,7 @@ client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "conte
 from __future__ import annotations
 
 import logging
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 from ._clients import AsyncAzureOpenAI, AzureOpenAI
@@ -29,8 +30,10 @@ from ._shell import BACKEND_HEADER
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._httpx import HTTPXTransport
-    from ._httpx2 import HTTPX2Transport
+    from ._httpx import HTTPXTransport as HTTPXTransport
+    from ._httpx2 import HTTPX2Transport as HTTPX2Transport
+
+_TRANSPORTS = {"HTTPXTransport": "httpx", "HTTPX2Transport": "httpx2"}
 
 __all__ = [
     "BACKEND_HEADER",
@@ -38,8 +41,6 @@ __all__ = [
     "AzureOpenAI",
     "Backend",
     "ConfigurationError",
-    "HTTPX2Transport",
-    "HTTPXTransport",
     "HealthStore",
     "InMemoryHealthStore",
     "OpenAILBError",
@@ -53,6 +54,9 @@ __all__ = [
     "reset_state",
     "unpatch",
 ]
+
+# Star-imports must not fail on the HTTP library a given SDK major does not install.
+__all__ += [name for name, module in _TRANSPORTS.items() if find_spec(module) is not None]
 
 logging.getLogger("openai_lb").addHandler(logging.NullHandler())
 

@@ -18,11 +18,11 @@ from ._errors import ConfigurationError
 from ._health import HealthStore
 from ._shell import BalancingShell
 
-__all__ = ["AsyncAzureOpenAI", "AzureOpenAI", "sdk_transport_class"]
+__all__ = ["BACKEND_CREDENTIALS_ONLY", "AsyncAzureOpenAI", "AzureOpenAI", "sdk_transport_class"]
 
 # Sent by the SDK when every backend brings its own credential; the transport always
 # replaces it, so it never reaches a backend.
-_BACKEND_CREDENTIALS_ONLY = "openai-lb-uses-backend-credentials"
+BACKEND_CREDENTIALS_ONLY = "openai-lb-uses-backend-credentials"
 _CLIENT_CREDENTIALS = ("api_key", "azure_ad_token", "azure_ad_token_provider")
 _CREDENTIAL_ENV = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN")
 
@@ -50,6 +50,12 @@ def _balanced_kwargs(
 ) -> dict[str, Any]:
     """The SDK constructor's kwargs with a balancing http client added (unless one is given)."""
     if kwargs.get("http_client") is not None:
+        if backends is not None:
+            raise ConfigurationError(
+                f"{owner.__name__}: pass either backends= (openai_lb builds the http client) or http_client= "
+                f"(used as given, not balanced), not both. To combine them, build your client around "
+                f"openai_lb.{sdk_transport_class().__name__}(backends) and pass only http_client=."
+            )
         return kwargs
     defaults = owner._openai_lb_defaults
     if backends is None and defaults is not None:
@@ -81,15 +87,16 @@ def _balanced_kwargs(
                 f"Backend(s) {', '.join(map(repr, lacking))} have no credential and the client has none: "
                 f"pass api_key= or azure_ad_token_provider= to those backends, or to the client."
             )
-        kwargs["api_key"] = _BACKEND_CREDENTIALS_ONLY
+        kwargs["api_key"] = BACKEND_CREDENTIALS_ONLY
     if not any(kwargs.get(name) for name in ("azure_endpoint", "base_url")) and not os.environ.get(
         "AZURE_OPENAI_ENDPOINT"
     ):
         # The SDK insists on an endpoint; the transport replaces it with each backend's anyway.
-        kwargs["azure_endpoint"] = first_of(checked).url
+        kwargs["azure_endpoint"] = first_of(checked).key
     transport: Any = sdk_transport_class()(checked, policy=policy, health_store=health_store)
     http_client_class = openai.DefaultAsyncHttpxClient if is_async else openai.DefaultHttpxClient
-    kwargs["http_client"] = http_client_class(transport=transport)
+    # A redirect's target would be rewritten to a backend again: hand 3xx answers to the caller instead.
+    kwargs["http_client"] = http_client_class(transport=transport, follow_redirects=False)
     return kwargs
 
 

@@ -10,6 +10,7 @@ import inspect
 import json
 import math
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -24,6 +25,7 @@ TokenProvider = Callable[[], "str | Awaitable[str]"]
 """A callable returning an Azure AD (Entra ID) bearer token; may be async for async clients."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_USERINFO = re.compile(r"//[^/?#]*@")
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -116,6 +118,22 @@ class Backend:
         )
 
 
+def header_safe(value: str) -> bool:
+    """A non-empty value that can be sent in an HTTP header as is (no control characters, latin-1)."""
+    if not value or not value.isprintable() or value != value.strip():
+        return False
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _redacted(url: str) -> str:
+    """The URL without any user:password part, for error messages."""
+    return _USERINFO.sub("//", url)
+
+
 def _split_url(url: object) -> tuple[str, str, str]:
     """Scheme, normalised netloc (lower-case host, default port dropped) and path prefix."""
     if not isinstance(url, str) or not url.strip():
@@ -126,11 +144,11 @@ def _split_url(url: object) -> tuple[str, str, str]:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError as exc:
-        raise ConfigurationError(f"Backend {url!r}: the URL cannot be parsed ({exc}).") from None
+        raise ConfigurationError(f"Backend {_redacted(url)!r}: the URL cannot be parsed ({exc}).") from None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise ConfigurationError(
-            f"Backend {url!r}: the URL must start with http:// or https:// and name a host, "
+            f"Backend {_redacted(url)!r}: the URL must start with http:// or https:// and name a host, "
             f"e.g. 'https://my-resource.openai.azure.com'."
         )
     if parts.username is not None or parts.password is not None:
@@ -146,7 +164,7 @@ def _split_url(url: object) -> tuple[str, str, str]:
         host = f"[{host}]"
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
     prefix = parts.path.rstrip("/")
-    if prefix == "/openai" or prefix.endswith("/openai"):
+    if prefix.lower().endswith("/openai"):
         raise ConfigurationError(
             f"Backend {netloc + prefix!r}: give the endpoint without the trailing '/openai' "
             f"(use {scheme + '://' + netloc + prefix[: -len('/openai')]!r}); openai_lb keeps the SDK's path."
@@ -177,6 +195,8 @@ def _check_backend_fields(
         raise fail(f"weight must be a positive number, got {weight!r}; use weight=1 or more.")
     if api_key is not None and (not isinstance(api_key, str) or not api_key):
         raise fail("api_key must be a non-empty string (or None to use the client's credential).")
+    if isinstance(api_key, str) and not header_safe(api_key):
+        raise fail("api_key has whitespace or characters a header cannot carry (a trailing newline from a file?).")
     if token_provider is not None and not callable(token_provider):
         raise fail("azure_ad_token_provider must be a callable returning a token.")
     if api_key is not None and token_provider is not None:

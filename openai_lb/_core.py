@@ -178,9 +178,13 @@ class Call:
         balancer = self._balancer
         policy = balancer.policy
         backend = attempt.backend
-        failures = balancer.store.count_failure(backend.key)
+        now = balancer.clock()
+        failures = balancer.store.count_failure(backend.key, now)
+        if failures is None:
+            log.info("%s failed (%s) while already cooling, failing over", backend.name, what)
+            return
         seconds = min(policy.breaker_base * 2.0 ** min(failures - 1, 64), policy.breaker_max)
-        balancer.store.block(backend.key, BACKEND_WIDE, balancer.clock() + seconds, "failing")
+        balancer.store.block(backend.key, BACKEND_WIDE, now + seconds, "failing")
         log.info(
             "%s failed (%s, %d in a row): cooling the backend %.3f s, failing over",
             backend.name,

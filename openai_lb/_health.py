@@ -39,8 +39,12 @@ class HealthStore(Protocol):
         """Block until ``until``; an existing later deadline is kept."""
         ...
 
-    def count_failure(self, key: str) -> int:
-        """Count one more consecutive failure of the backend and return the count."""
+    def count_failure(self, key: str, now: float) -> int | None:
+        """Count one more consecutive failure of the backend and return the count.
+
+        None, and nothing counted, while the backend's breaker is already open: requests that
+        were in flight when it failed are one failure, not a streak.
+        """
         ...
 
     def count_success(self, key: str) -> None:
@@ -89,8 +93,11 @@ class InMemoryHealthStore:
             if current is None or current[0] < until:
                 self._blocks[slot] = (until, reason)
 
-    def count_failure(self, key: str) -> int:
+    def count_failure(self, key: str, now: float) -> int | None:
         with self._lock:
+            wide = self._blocks.get((key, BACKEND_WIDE))
+            if wide is not None and wide[0] > now:
+                return None
             count = self._failures.get(key, 0) + 1
             self._failures[key] = count
             return count

@@ -19,3 +19,9 @@ class HTTPXTransport(BalancingShell, httpx.BaseTransport, httpx.AsyncBaseTranspo
 
     _http: ClassVar[Any] = httpx
     _failover_errors: ClassVar[tuple[type[BaseException], ...]] = (httpx.TransportError,)
+    _local_errors: ClassVar[tuple[type[BaseException], ...]] = (
+        httpx.LocalProtocolError,
+        httpx.UnsupportedProtocol,
+        httpx.PoolTimeout,
+        httpx.ProxyError,
+    )

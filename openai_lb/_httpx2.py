@@ -26,3 +26,9 @@ class HTTPX2Transport(BalancingShell, httpx2.BaseTransport, httpx2.AsyncBaseTran
         ssl.SSLError,
         anyio.EndOfStream,
     )
+    _local_errors: ClassVar[tuple[type[BaseException], ...]] = (
+        httpx2.LocalProtocolError,
+        httpx2.UnsupportedProtocol,
+        httpx2.PoolTimeout,
+        httpx2.ProxyError,
+    )

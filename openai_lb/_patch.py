@@ -15,9 +15,10 @@ from typing import Any
 import openai
 import openai.lib.azure as sdk_azure
 
-from ._clients import AsyncAzureOpenAI, AzureOpenAI
+from ._clients import BACKEND_CREDENTIALS_ONLY, AsyncAzureOpenAI, AzureOpenAI
 from ._config import Backend, Policy, backends_from_env, validate_backends
 from ._health import HealthStore
+from ._shell import BalancingShell
 
 __all__ = ["Patch", "is_patched", "patch", "unpatch"]
 
@@ -33,10 +34,15 @@ class _DefersToSDK(type):
     _openai_lb_original: type
 
     def __instancecheck__(cls, instance: Any) -> bool:
-        return isinstance(instance, cls._openai_lb_original)
+        # Only the swapped-in classes stand for the SDK's; a user's subclass of them is itself.
+        if "_openai_lb_original" in cls.__dict__:
+            return isinstance(instance, cls._openai_lb_original)
+        return type.__instancecheck__(cls, instance)
 
     def __subclasscheck__(cls, subclass: type) -> bool:
-        return issubclass(subclass, cls._openai_lb_original)
+        if "_openai_lb_original" in cls.__dict__:
+            return issubclass(subclass, cls._openai_lb_original)
+        return type.__subclasscheck__(cls, subclass)
 
 
 class Patch:
@@ -121,3 +127,9 @@ def _install(*classes: type) -> None:
     # A module-level client built before the swap would keep its old transport.
     if isinstance(getattr(openai, "_client", None), classes[0]):
         openai._reset_client()
+    # The module-level client writes its http client and key back into the SDK's settings: a balanced
+    # one must not outlive this swap (it would keep balancing, or send the placeholder key).
+    if isinstance(getattr(getattr(openai, "http_client", None), "_transport", None), BalancingShell):
+        openai.http_client = None
+    if getattr(openai, "api_key", None) == BACKEND_CREDENTIALS_ONLY:
+        openai.api_key = None

@@ -20,7 +20,9 @@ __all__ = ["Outgoing", "RequestTemplate"]
 _OPENAI = b"/openai/"
 _DEPLOYMENTS = b"/openai/deployments/"
 # Recomputed for each attempt from the backend and the body, or replaced by the backend's credential.
-_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+# Cookies are dropped: the SDK's jar keeps them under the client's nominal host, so one backend's
+# (a gateway's session, say) would otherwise reach every other backend.
+_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding", b"cookie"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _CREDENTIALS = frozenset({b"api-key", b"authorization"})
 
@@ -55,19 +57,19 @@ class RequestTemplate:
         # A request that had no framing header (a GET) has no body to send either.
         self.body: bytes | None = body if body or framed else None
         self._body_json: dict[str, object] | None = None
-        at = raw_path.find(_OPENAI)
-        if at < 0 and (raw_path == b"/openai" or raw_path.startswith(b"/openai?")):
+        query_at = raw_path.find(b"?")
+        path_end = len(raw_path) if query_at < 0 else query_at
+        at = raw_path.find(_OPENAI, 0, path_end)
+        if at < 0 and raw_path[:path_end] == b"/openai":
             at = 0
         self._suffix_at = max(at, 0)
         self._dep_start = self._dep_end = -1
         self.deployment: str | None = None
         if at >= 0 and raw_path.startswith(_DEPLOYMENTS, at):
             start = at + len(_DEPLOYMENTS)
-            end = len(raw_path)
-            for stop in (b"/", b"?"):
-                found = raw_path.find(stop, start)
-                if 0 <= found < end:
-                    end = found
+            end = raw_path.find(b"/", start, path_end)
+            if end < 0:
+                end = path_end
             if end > start:
                 self._dep_start, self._dep_end = start, end
                 self.deployment = unquote(raw_path[start:end].decode("latin-1"))

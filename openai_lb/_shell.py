@@ -8,12 +8,13 @@ The sync and async loops below are the only twins: every decision is in ``_core`
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from ._config import Backend, Policy
-from ._core import Answer, Attempt, Balancer, Clock
+from ._config import Backend, Policy, header_safe
+from ._core import Answer, Attempt, Balancer, Call, Clock
 from ._errors import ConfigurationError
 from ._health import HealthStore
 from ._rewrite import RequestTemplate
@@ -26,6 +27,8 @@ _MAX_CONNECTIONS = 1000
 _MAX_KEEPALIVE = 100
 _URL_CACHE_SIZE = 1024
 
+log = logging.getLogger("openai_lb")
+
 
 def client_wait_limit() -> float:
     """The longest Retry-After the installed SDK honours (60 s before the SDK named it)."""
@@ -36,16 +39,27 @@ def client_wait_limit() -> float:
     return float(MAX_RETRY_AFTER_DELAY)
 
 
-def _api_key_header(backend: Backend) -> tuple[bytes, bytes] | None:
-    return None if backend.api_key is None else (b"api-key", backend.api_key.encode("latin-1"))
-
-
-def _bearer(token: object, backend: Backend) -> tuple[bytes, bytes]:
-    if not isinstance(token, str) or not token:
-        raise ConfigurationError(
-            f"Backend {backend.name!r}: azure_ad_token_provider must return a non-empty string token."
-        )
+def _credential(backend: Backend, token: object) -> tuple[bytes, bytes] | None:
+    """The backend's own credential header; None when it uses the client's."""
+    if backend.azure_ad_token_provider is None:
+        return None if backend.api_key is None else (b"api-key", backend.api_key.encode("latin-1"))
+    if not isinstance(token, str) or not header_safe(token):
+        raise ValueError("the token is not a non-empty string usable in a header")
     return (b"authorization", b"Bearer " + token.encode("latin-1"))
+
+
+def _refuse_awaitable(token: object, backend: Backend) -> None:
+    if inspect.iscoroutine(token):
+        token.close()
+    raise ConfigurationError(
+        f"Backend {backend.name!r}: its azure_ad_token_provider is async; "
+        f"use it with AsyncAzureOpenAI or give a sync provider."
+    )
+
+
+def _token_of(backend: Backend) -> object:
+    provider = backend.azure_ad_token_provider
+    return None if provider is None else provider()
 
 
 class BalancingShell:
@@ -62,6 +76,8 @@ class BalancingShell:
     """The HTTP library module (httpx or httpx2) this shell is bound to."""
     _failover_errors: ClassVar[tuple[type[BaseException], ...]]
     """What the inner transport raises for a backend that is down, refusing, or too slow."""
+    _local_errors: ClassVar[tuple[type[BaseException], ...]]
+    """Failover errors that are this machine's fault (bad header, full pool, proxy): they propagate."""
 
     def __init__(
         self,
@@ -146,6 +162,16 @@ class BalancingShell:
 
     # -- the two loops: send, report, and either deliver or fail over
 
+    def _token_failed(self, call: Call, attempt: Attempt, error: Exception) -> None:
+        # The exception's text may quote what the provider was given; its type is enough to act on.
+        log.warning("%s: azure_ad_token_provider failed (%s); failing over", attempt.backend.name, type(error).__name__)
+        call.report_error(attempt, error)
+
+    def _sent_failed(self, call: Call, attempt: Attempt, error: BaseException) -> None:
+        if isinstance(error, self._local_errors):
+            raise error
+        call.report_error(attempt, error)
+
     def handle_request(self, request: Any) -> Any:
         template = self._template(request, request.read())
         call = self.balancer.begin(template.deployment)
@@ -154,22 +180,20 @@ class BalancingShell:
             step = call.next()
             if isinstance(step, Answer):
                 return self._answer(request, step)
-            backend = step.backend
-            credential = _api_key_header(backend)
-            if backend.azure_ad_token_provider is not None:
-                token = backend.azure_ad_token_provider()
+            try:
+                token = _token_of(step.backend)
                 if inspect.isawaitable(token):
-                    if inspect.iscoroutine(token):
-                        token.close()
-                    raise ConfigurationError(
-                        f"Backend {backend.name!r}: its azure_ad_token_provider is async; "
-                        f"use it with AsyncAzureOpenAI or give a sync provider."
-                    )
-                credential = _bearer(token, backend)
+                    _refuse_awaitable(token, step.backend)
+                credential = _credential(step.backend, token)
+            except ConfigurationError:
+                raise
+            except Exception as error:
+                self._token_failed(call, step, error)
+                continue
             try:
                 response = inner.handle_request(self._build(request, template, step, credential))
             except self._failover_errors as error:
-                call.report_error(step, error)
+                self._sent_failed(call, step, error)
                 continue
             status = response.status_code
             body = response.read() if call.needs_body(status) else None
@@ -185,17 +209,18 @@ class BalancingShell:
             step = call.next()
             if isinstance(step, Answer):
                 return self._answer(request, step)
-            backend = step.backend
-            credential = _api_key_header(backend)
-            if backend.azure_ad_token_provider is not None:
-                token = backend.azure_ad_token_provider()
+            try:
+                token = _token_of(step.backend)
                 if inspect.isawaitable(token):
                     token = await token
-                credential = _bearer(token, backend)
+                credential = _credential(step.backend, token)
+            except Exception as error:
+                self._token_failed(call, step, error)
+                continue
             try:
                 response = await inner.handle_async_request(self._build(request, template, step, credential))
             except self._failover_errors as error:
-                call.report_error(step, error)
+                self._sent_failed(call, step, error)
                 continue
             status = response.status_code
             body = await response.aread() if call.needs_body(status) else None

@@ -361,3 +361,13 @@ def test_a_call_never_loops_and_ends_in_a_delivery_or_an_answer(
                 break
         assert len(tried) == len(set(tried)) <= len(backends), "each backend at most once per call"
         clock.advance(advance)
+
+
+def test_requests_in_flight_when_a_backend_fails_count_as_one_failure(clock: FakeClock) -> None:
+    balancer = make([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5, breaker_max=120))
+    calls = [balancer.begin("gpt-4o") for _ in range(16)]
+    attempts = [attempt(call) for call in calls]
+    for call, step in zip(calls, attempts, strict=True):
+        call.report(step, 503, {}, None)
+    clock.advance(5)
+    assert attempt(balancer.begin("gpt-4o")).backend is PTU, "one blip cools for the base time, not the cap"

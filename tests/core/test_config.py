@@ -178,3 +178,21 @@ def test_backends_from_env_explains_the_variable_when_unset(monkeypatch: pytest.
 def test_invalid_policy_is_rejected(kwargs: dict) -> None:
     with pytest.raises(ConfigurationError, match="Policy"):
         Policy(**kwargs)
+
+
+@pytest.mark.parametrize("key", ["SeCrEt\n", " SeCrEt", "SeC\rrEt", "ключ"])
+def test_api_keys_a_header_cannot_carry_are_rejected_without_echoing_them(key: str) -> None:
+    with pytest.raises(ConfigurationError, match="trailing newline") as caught:
+        Backend("https://x.example.com", api_key=key)
+    assert key.strip() not in str(caught.value)
+
+
+def test_url_errors_never_echo_userinfo() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Backend("https://user:S3CRET@x.example.com:99999")
+    assert "S3CRET" not in str(caught.value)
+
+
+def test_the_openai_path_is_refused_whatever_its_case() -> None:
+    with pytest.raises(ConfigurationError, match="without the trailing '/openai'"):
+        Backend("https://x.openai.azure.com/OpenAI/")

@@ -114,3 +114,16 @@ def test_any_path_and_body_build_an_attempt_without_raising(path: bytes, body: b
     template = RequestTemplate(path, [(b"content-type", b"application/json")], body)
     out = template.for_backend(Backend("https://b.example.com"), "x", (b"api-key", b"k"))
     assert out.url.startswith("https://b.example.com")
+
+
+def test_cookies_from_the_clients_jar_are_not_forwarded() -> None:
+    template = RequestTemplate(CHAT, [*SDK_HEADERS, (b"Cookie", b"gw_session=one-backends-secret")], b"{}")
+    out = template.for_backend(Backend("https://b.example.com"), "gpt-4o", None)
+    assert b"cookie" not in names(out.headers)
+
+
+def test_only_the_path_is_searched_for_openai_not_the_query() -> None:
+    template = RequestTemplate(b"/custom/route?next=/openai/deployments/x/y", [], b"")
+    assert template.deployment is None
+    out = template.for_backend(Backend("https://b.example.com/pre"), None, None)
+    assert out.url == "https://b.example.com/pre/custom/route?next=/openai/deployments/x/y"

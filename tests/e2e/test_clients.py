@@ -85,12 +85,17 @@ def test_with_options_and_copy_keep_balancing(servers) -> None:
     assert content(chat(copied)) == "paygo:gpt-4o", "the copy shares the balancer and its knowledge"
 
 
-def test_a_callers_own_http_client_is_used_as_given(servers, http) -> None:
-    ptu, paygo = servers("ptu"), servers("paygo")
+def test_a_callers_own_http_client_is_used_as_given(servers) -> None:
+    direct = servers("direct")
     own = openai.DefaultHttpxClient()
-    client = make([Backend(ptu.url, priority=1)], api_key="k", http_client=own, azure_endpoint=paygo.url)
+    client = openai_lb.AzureOpenAI(api_key="k", api_version=API_VERSION, http_client=own, azure_endpoint=direct.url)
     assert client._client is own
-    assert content(chat(client)) == "paygo:gpt-4o", "no balancing: the request goes to azure_endpoint"
+    assert content(chat(client)) == "direct:gpt-4o", "no balancing: the request goes to azure_endpoint"
+
+
+def test_backends_and_an_own_http_client_together_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"either backends= .* or http_client="):
+        make([Backend("https://a.example.com")], api_key="k", http_client=openai.DefaultHttpxClient())
 
 
 def test_endpoint_is_optional_and_any_given_endpoint_is_replaced(servers, monkeypatch) -> None:

@@ -222,3 +222,14 @@ def test_deployment_mapping_renames_in_the_path_and_in_the_body(servers, balance
     assert content(chat(client)) == "glob:gpt-4o-global"
     assert client.responses.create(model="gpt-4o", input="hi").output_text == "glob:gpt-4o-global"
     assert mapped.requests[1].json()["model"] == "gpt-4o-global"
+
+
+def test_redirects_are_handed_to_the_caller_not_followed(servers, balanced) -> None:
+    ptu, paygo = servers("ptu"), servers("paygo")
+    client = balanced([Backend(ptu.url, priority=1), Backend(paygo.url, priority=2)])
+    ptu.script(Reply(307, headers={"location": paygo.url + "/elsewhere"}))
+    with pytest.raises(openai.APIStatusError) as caught:
+        chat(client)
+    assert caught.value.status_code == 307
+    assert len(ptu.requests) == 1
+    assert paygo.requests == []

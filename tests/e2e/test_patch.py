@@ -110,3 +110,59 @@ def test_the_module_level_azure_client_balances(servers, monkeypatch) -> None:
         answer = openai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
         assert answer.choices[0].message.content == "ptu:gpt-4o"
     assert openai._client is None, "unpatch drops the balanced module client"
+
+
+def test_subclasses_of_patched_classes_keep_their_own_isinstance() -> None:
+    with openai_lb.patch([Backend("https://a.example.com")]):
+
+        class MyAzure(openai.AzureOpenAI):
+            pass
+
+        plain = SDK_SYNC(azure_endpoint="https://x.invalid", **KW)
+        assert not isinstance(plain, MyAzure)
+        assert not issubclass(SDK_SYNC, MyAzure)
+        assert issubclass(MyAzure, SDK_SYNC)
+
+
+def test_unpatch_leaves_no_placeholder_key_in_the_sdk_settings(servers, monkeypatch) -> None:
+    ptu = servers("ptu", api_keys={"own"})
+    for name, value in {
+        "api_type": "azure",
+        "api_key": None,
+        "api_version": "2024-10-21",
+        "azure_endpoint": "https://x.invalid",
+        "max_retries": 0,
+    }.items():
+        monkeypatch.setattr(openai, name, value)
+    monkeypatch.setattr(openai, "_client", None)
+    for env in ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN"):
+        monkeypatch.delenv(env, raising=False)
+    with openai_lb.patch([Backend(ptu.url, api_key="own")]):
+        answer = openai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content == "ptu:gpt-4o"
+    assert openai.api_key is None
+
+
+def test_the_module_client_stops_balancing_after_unpatch_and_follows_a_new_patch(servers, monkeypatch) -> None:
+    first, second, direct = servers("first"), servers("second"), servers("direct")
+    for name, value in {
+        "api_type": "azure",
+        "api_key": "k",
+        "api_version": "2024-10-21",
+        "azure_endpoint": direct.url,
+        "max_retries": 0,
+        "http_client": None,
+    }.items():
+        monkeypatch.setattr(openai, name, value)
+    monkeypatch.setattr(openai, "_client", None)
+
+    def ask() -> str:
+        answer = openai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        return answer.choices[0].message.content or ""
+
+    openai_lb.patch([Backend(first.url)])
+    assert ask() == "first:gpt-4o"
+    openai_lb.patch([Backend(second.url)])
+    assert ask() == "second:gpt-4o", "a new patch replaces the module client's backends"
+    openai_lb.unpatch()
+    assert ask() == "direct:gpt-4o", "after unpatch the module client talks to its endpoint again"

@@ -220,3 +220,30 @@ def test_transport_repr_names_backends_and_hides_keys(transport_cls: type[Any]) 
     assert "ptu" in text
     assert "paygo" in text
     assert "PTU-KEY" not in text
+
+
+def test_a_failing_token_provider_fails_over_and_logs_no_detail(
+    http: ModuleType, transport_cls: type[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> str:
+        raise RuntimeError("credential cache says: secret-detail")
+
+    entra = Backend("https://entra.example.com", priority=1, azure_ad_token_provider=broken, name="entra")
+    inner = by_host(http, {"paygo.example.com": [ok(http)]}, [])
+    with caplog.at_level("WARNING", logger="openai_lb"):
+        response = make(transport_cls, inner, [entra, PAYGO]).handle_request(chat_request(http))
+    assert response.headers["x-openai-lb-backend"] == "paygo"
+    assert "entra: azure_ad_token_provider failed (RuntimeError)" in caplog.text
+    assert "secret-detail" not in caplog.text
+
+
+@pytest.mark.parametrize("error_name", ["LocalProtocolError", "PoolTimeout", "UnsupportedProtocol", "ProxyError"])
+def test_local_transport_errors_propagate_and_do_not_cool_the_backend(
+    http: ModuleType, transport_cls: type[Any], error_name: str
+) -> None:
+    error = getattr(http, error_name)("ours, not the backend's")
+    inner = by_host(http, {"ptu.example.com": [error, ok(http)]}, [])
+    transport = make(transport_cls, inner)
+    with pytest.raises(getattr(http, error_name)):
+        transport.handle_request(chat_request(http))
+    assert transport.handle_request(chat_request(http)).headers["x-openai-lb-backend"] == "ptu"
