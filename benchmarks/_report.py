@@ -1,0 +1,190 @@
+"""Turn results.json into the Markdown table and the spill-over plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _range(stat: dict[str, float], fmt: str = "{:.3f}") -> str:
+    return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}–{fmt.format(stat['max'])})"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(results: dict[str, Any], *, command: str) -> str:
+    m = results["machine"]
+    out = [
+        "# Benchmark results\n",
+        f"Produced by `{command}` on {m['date']}: {m['cores']} cores ({m['cpu']}), Python {m['python']}, "
+        f"openai {m['openai']}, openai_lb {m['openai_lb']}, {m['platform']}. Medians of the rounds, with "
+        "min–max in brackets; every comparison was measured side by side in the same run.\n\n",
+    ]
+    seq = results["sdk_sequential"]
+    out.append(
+        f"## Per-request overhead through the SDK\n\n{seq['rounds']} rounds of {seq['calls_per_round']} sequential "
+        "non-streaming calls to one loopback backend. Target for openai_lb: ratio ≤ 1.03.\n"
+    )
+    out.append(
+        _table(
+            ["system", "µs per call", "ratio to plain"],
+            [
+                [s, _range(seq["per_call_us"][s], "{:.0f}"), _range(seq["ratio_to_plain"][s])]
+                for s in seq["per_call_us"]
+            ],
+        )
+    )
+    iso = results["isolated"]
+    out.append(
+        f"\n## Isolated from the network\n\nThe balancing transport over an in-memory inner transport, minus that "
+        f"inner transport alone ({_range(iso['inner_us'], '{:.1f}')} µs per request), for the request the SDK "
+        "builds for a chat completion (its usual 17 headers). Target: ≤ 15 µs added with 3 backends, no worse "
+        "than linear growth.\n"
+    )
+    out.append(
+        _table(
+            ["case", "µs added per request"], [[case, _range(stat, "{:.1f}")] for case, stat in iso["added_us"].items()]
+        )
+    )
+    conc = results["async_concurrency"]
+    systems = list(next(iter(conc["levels"].values()))["ratio_to_plain"])
+    out.append(
+        "\n## Async throughput under concurrency\n\nRequests per second of N tasks sharing one client, as a "
+        "ratio to plain. Target for openai_lb: ≥ 0.97 at every level.\n"
+    )
+    out.append(
+        _table(
+            ["tasks", "plain requests/s", *(s for s in systems if s != "plain"), "failed requests"],
+            [
+                [
+                    level,
+                    _range(v["requests_per_second"]["plain"], "{:.0f}"),
+                    *(_range(v["ratio_to_plain"][s]) for s in systems if s != "plain"),
+                    "; ".join(
+                        f"{s}: " + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+                        for s, kinds in v["failed_requests"].items()
+                        if kinds
+                    )
+                    or "none",
+                ]
+                for level, v in conc["levels"].items()
+            ],
+        )
+    )
+    mem = results["memory"]
+    samples = ", ".join(f"{p['calls']:,}: {p['rss_kib'] / 1024:.1f}" for p in mem["rss_kib"])
+    out.append(
+        f"\n## Memory\n\n{mem['calls']:,} calls through the SDK over an in-memory transport, {mem['deployments']} "
+        f"deployments, a 429 every 7th answer. Resident MiB by calls made: {samples}. Growth after the first "
+        f"sample: {mem['growth_after_first_sample_kib'] / 1024:.2f} MiB. Health entries: {mem['health_entries']} "
+        f"(bound: backends × (deployments + 1) = {mem['health_entries_bound']}).\n"
+    )
+    st = results["streaming"]
+    out.append(
+        f"\n## Streaming\n\n{st['chunks']} chunks {st['chunk_delay_s'] * 1000:.0f} ms apart, {st['rounds']} rounds. "
+        "Target for openai_lb: first chunk within 2 ms of plain.\n"
+    )
+    out.append(
+        _table(
+            ["system", "first chunk ms", "first − plain ms", "last chunk ms", "last − plain ms"],
+            [
+                [
+                    s,
+                    _range(st["first_chunk_ms"][s], "{:.1f}"),
+                    _range(st["first_chunk_minus_plain_ms"][s], "{:.2f}"),
+                    _range(st["last_chunk_ms"][s], "{:.1f}"),
+                    _range(st["last_chunk_minus_plain_ms"][s], "{:.2f}"),
+                ]
+                for s in st["first_chunk_ms"]
+            ],
+        )
+    )
+    out.append(
+        "\n## Spill-over simulation\n\nOpen-loop load above the PTU's budget but within the total capacity; "
+        "the SDK keeps its default retries. *PTU utilisation*: requests the PTU served / what its budget "
+        "allowed. *Elsewhere after reset*: requests served by other backends after a PTU window reset and "
+        "before the PTU served again (0 = the first request after Retry-After went to the PTU). Targets for "
+        "openai_lb: 100 % success, ≥ 98 % utilisation, 0 elsewhere after reset.\n"
+    )
+    runs = results.get("spillover", [])
+    for key in dict.fromkeys((r["scenario"], r["driver"]) for r in runs):
+        chosen = [r for r in runs if (r["scenario"], r["driver"]) == key]
+        first = chosen[0]
+        out.append(
+            f"\n### {key[0]}, {key[1]} driver: {first['rate']:g} requests/s offered, PTU capacity "
+            f"{first['ptu_capacity']:g}/s, total {first['capacity']:g}/s\n\n"
+        )
+        out.append(
+            _table(
+                [
+                    "system",
+                    "success",
+                    "PTU utilisation",
+                    "elsewhere after reset (median / max)",
+                    "PTU back after reset ms",
+                    "upstream attempts per success",
+                    "p50 ms",
+                    "p99 ms",
+                    "served by",
+                ],
+                [
+                    [
+                        r["system"],
+                        f"{r['success_share']:.1%}",
+                        f"{r['ptu_utilisation']:.1%}",
+                        "{median} / {max}".format(**r["requests_elsewhere_after_reset"]),
+                        _opt(r["ptu_back_after_reset_ms"]["median"]),
+                        f"{r['upstream_attempts_per_success']:.2f}",
+                        _opt(r["latency_ms"].get("p50")),
+                        _opt(r["latency_ms"].get("p99")),
+                        ", ".join(f"{k} {v}" for k, v in r["served_by"].items()),
+                    ]
+                    for r in chosen
+                ],
+            )
+        )
+    out.append("\n![Requests per second by backend](spillover.png)\n")
+    return "".join(out)
+
+
+def _opt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results.get("spillover", []) if r["driver"] == "asyncio"]
+    if not runs:
+        return
+    scenario = runs[0]["scenario"]
+    runs = [r for r in runs if r["scenario"] == scenario]
+    bucket = 0.25
+    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 2.6 * len(runs)), sharex=True, sharey=True)
+    for axis, run in zip(axes if len(runs) > 1 else [axes], runs, strict=True):
+        end = max((max(ts) for ts in run["timeline"].values() if ts), default=1.0)
+        edges = [i * bucket for i in range(int(end / bucket) + 2)]
+        for name, times in run["timeline"].items():
+            counts = [0] * (len(edges) - 1)
+            for t in times:
+                index = int(t / bucket)
+                if 0 <= index < len(counts):
+                    counts[index] += 1
+            axis.step(edges[:-1], [c / bucket for c in counts], where="post", label=name)
+        axis.set_title(
+            f"{run['system']}: PTU utilisation {run['ptu_utilisation']:.0%}, success {run['success_share']:.0%}"
+        )
+        axis.set_ylabel("served / s")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="upper right", fontsize="small")
+    (axes[-1] if len(runs) > 1 else axes).set_xlabel("seconds since the PTU's first window began")
+    fig.suptitle(f"Spill-over: {scenario}, {runs[0]['rate']:g} requests/s offered (asyncio)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

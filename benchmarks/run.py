@@ -1,0 +1,138 @@
+"""Run every benchmark side by side and write results/results.json, results/results.md and the plot.
+
+    python benchmarks/run.py            # the full run (about 15 minutes on 2 cores)
+    python benchmarks/run.py --quick    # a smoke run with few rounds (about 2 minutes)
+
+On first use it creates ``benchmarks/.venv`` and installs what the comparison needs there
+(this project, openai 2.x, openai-priority-loadbalancer 1.1.1, matplotlib); the project's own
+environment is left alone. All traffic goes to fake servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+VENV = HERE / ".venv"
+RESULTS = HERE / "results"
+REQUIREMENTS = ["openai>=2,<3", "openai-priority-loadbalancer==1.1.1", "matplotlib>=3.8", "uvicorn>=0.30"]
+
+
+def _venv_python() -> Path:
+    return VENV / "bin" / "python"
+
+
+def bootstrap(argv: list[str]) -> int:
+    """Create the benchmark environment if needed and re-run this script inside it."""
+    python = _venv_python()
+    if not python.exists():
+        print(f"creating {VENV} ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    marker = VENV / ".installed"
+    wanted = "\n".join(REQUIREMENTS) + "\n" + str(ROOT)
+    if not marker.exists() or marker.read_text() != wanted:
+        print("installing the benchmark requirements ...", flush=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e", str(ROOT), *REQUIREMENTS], check=True)
+        marker.write_text(wanted)
+    env = {**os.environ, "OPENAI_LB_BENCH_INSIDE": "1"}
+    return subprocess.run([str(python), str(Path(__file__).resolve()), *argv], env=env, check=False).returncode
+
+
+def _machine() -> dict[str, Any]:
+    import openai
+
+    import openai_lb
+
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "openai": openai.__version__,
+        "openai_lb": openai_lb.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    sys.path.insert(0, str(HERE))
+    import bench_overhead as overhead
+    import bench_spillover as spillover
+    import bench_streaming as streaming
+    from _servers import pin
+
+    pin(0)
+    systems = ["plain", "openai_lb-1", "openai_lb-3", "priority-lb"]
+    results: dict[str, Any] = {"machine": _machine(), "quick": quick}
+    steps = [
+        ("sdk_sequential", lambda: overhead.sdk_sequential(5 if quick else 15, 100 if quick else 300, systems)),
+        ("isolated", lambda: overhead.isolated(5 if quick else 15, 2000 if quick else 20000, [3, 30, 300])),
+        ("async_concurrency", lambda: overhead.async_concurrency(2 if quick else 6, [1, 10, 100, 1000], systems)),
+        ("memory", lambda: overhead.memory(10_000 if quick else 100_000, 10, 20)),
+        ("streaming", lambda: streaming.streaming(3 if quick else 10, 8, 0.05, systems)),
+    ]
+    scenarios = [(spillover.TWO_TIERS, "asyncio"), (spillover.TWO_TIERS, "threads"), (spillover.THREE_TIERS, "asyncio")]
+    for scenario, driver in scenarios[:1] if quick else scenarios:
+        for system in ("openai_lb", "priority-lb", "round-robin"):
+            steps.append(
+                (
+                    f"spillover/{scenario.name}/{driver}/{system}",
+                    lambda s=scenario, d=driver, y=system: spillover.simulate(s, y, d),
+                )
+            )
+    for name, step in steps:
+        started = time.monotonic()
+        print(f"- {name} ...", end=" ", flush=True)
+        value = step()
+        if name.startswith("spillover/"):
+            results.setdefault("spillover", []).append(value)
+        else:
+            results[name] = value
+        print(f"{time.monotonic() - started:.0f} s", flush=True)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="few rounds: checks the benchmarks run")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
+    args = parser.parse_args()
+    if os.environ.get("OPENAI_LB_BENCH_INSIDE") != "1":
+        return bootstrap(sys.argv[1:])
+    results = measure(args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    sys.path.insert(0, str(HERE))
+    import _report
+
+    _report.plot(results, args.out / "spillover.png")
+    (args.out / "results.md").write_text(
+        _report.markdown(results, command=" ".join(["python benchmarks/run.py", *sys.argv[1:]]))
+    )
+    print(f"wrote {args.out / 'results.md'}, results.json and spillover.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
