@@ -1,7 +1,7 @@
 """Run every benchmark side by side and write results/results.json, results/results.md and the plot.
 
-    python benchmarks/run.py            # the full run (about 15 minutes on 2 cores)
-    python benchmarks/run.py --quick    # a smoke run with few rounds (about 2 minutes)
+    python benchmarks/run.py            # the full run (about 12 minutes on 2 cores)
+    python benchmarks/run.py --quick    # a smoke run with few rounds (about 4 minutes)
 
 On first use it creates ``benchmarks/.venv`` and installs what the comparison needs there
 (this project, openai 2.x, openai-priority-loadbalancer 1.1.1, matplotlib); the project's own
