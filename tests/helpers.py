@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
+import openai
+
 
 class FakeClock:
     """A monotonic clock and a wall clock that only move when a test says so."""
@@ -19,3 +24,9 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self.now += seconds
         self.wall_now += seconds
+
+
+def sdk_http_module() -> ModuleType:
+    """The HTTP library the installed SDK is built on: httpx (openai 1.x, 2.x) or httpx2 (3.x)."""
+    base = openai.DefaultHttpxClient.__mro__[1]
+    return importlib.import_module(base.__module__.split(".")[0])

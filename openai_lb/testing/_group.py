@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Iterable
-from types import TracebackType
 
-from openai_lb.testing._server import _HOST, FakeAzureOpenAI, _HTTPServer
+from openai_lb.testing._server import _HOST, FakeAzureOpenAI, _HTTPServer, _StartStop
 
 
-class FakeAzureGroup:
+class FakeAzureGroup(_StartStop):
     """Serve several `FakeAzureOpenAI` members on one port of 127.0.0.1, chosen by path prefix.
 
     For clients that can change only the host of a URL, not its port: all members share
@@ -80,18 +79,6 @@ class FakeAzureGroup:
             httpd.close()
             for member in self._members:
                 member._leave_group(self)
-
-    def __enter__(self) -> FakeAzureGroup:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         prefixes = ", ".join(member.path_prefix for member in self._members)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from openai_lb.testing import _payloads as payloads
@@ -129,7 +129,32 @@ class _StreamAnswer:
 _Answer = _JsonAnswer | _StreamAnswer
 
 
-class FakeAzureOpenAI:
+_Self = TypeVar("_Self", bound="_StartStop")
+
+
+class _StartStop:
+    """``with`` support for anything that has ``start`` and ``stop``."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class FakeAzureOpenAI(_StartStop):
     """Serve a fake Azure OpenAI resource on 127.0.0.1 in a background thread.
 
     It answers chat completions (plain and streamed), embeddings, the Responses API,
@@ -238,18 +263,6 @@ class FakeAzureOpenAI:
             httpd, self._httpd = self._httpd, None
             if httpd is not None:
                 httpd.close()
-
-    def __enter__(self) -> FakeAzureOpenAI:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         where = self.url if self._port is not None else "not started"

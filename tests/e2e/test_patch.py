@@ -17,6 +17,14 @@ SDK_SYNC, SDK_ASYNC = openai.AzureOpenAI, openai.AsyncAzureOpenAI
 KW = {"api_key": "k", "api_version": "2024-10-21", "max_retries": 0}
 
 
+def module_client_settings(monkeypatch: pytest.MonkeyPatch, **settings: object) -> None:
+    """Configure the SDK's module-level client for Azure (restored after the test)."""
+    defaults = {"api_type": "azure", "api_version": "2024-10-21", "azure_endpoint": "https://x.invalid"}
+    for name, value in {**defaults, "max_retries": 0, "http_client": None, **settings}.items():
+        monkeypatch.setattr(openai, name, value)
+    monkeypatch.setattr(openai, "_client", None)
+
+
 def test_sdk_clients_made_after_patch_balance_whatever_endpoint_they_name(servers) -> None:
     ptu, paygo = servers("ptu"), servers("paygo")
     openai_lb.patch([Backend(ptu.url, priority=1), Backend(paygo.url, priority=2)])
@@ -97,15 +105,7 @@ def test_a_callers_own_http_client_is_not_balanced_under_patch(servers) -> None:
 
 def test_the_module_level_azure_client_balances(servers, monkeypatch) -> None:
     ptu = servers("ptu")
-    for name, value in {
-        "api_type": "azure",
-        "api_key": "k",
-        "api_version": "2024-10-21",
-        "azure_endpoint": "https://x.invalid",
-        "max_retries": 0,
-    }.items():
-        monkeypatch.setattr(openai, name, value)
-    monkeypatch.setattr(openai, "_client", None)
+    module_client_settings(monkeypatch, api_key="k")
     with openai_lb.patch([Backend(ptu.url)]):
         answer = openai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
         assert answer.choices[0].message.content == "ptu:gpt-4o"
@@ -126,15 +126,7 @@ def test_subclasses_of_patched_classes_keep_their_own_isinstance() -> None:
 
 def test_unpatch_leaves_no_placeholder_key_in_the_sdk_settings(servers, monkeypatch) -> None:
     ptu = servers("ptu", api_keys={"own"})
-    for name, value in {
-        "api_type": "azure",
-        "api_key": None,
-        "api_version": "2024-10-21",
-        "azure_endpoint": "https://x.invalid",
-        "max_retries": 0,
-    }.items():
-        monkeypatch.setattr(openai, name, value)
-    monkeypatch.setattr(openai, "_client", None)
+    module_client_settings(monkeypatch, api_key=None)
     for env in ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN"):
         monkeypatch.delenv(env, raising=False)
     with openai_lb.patch([Backend(ptu.url, api_key="own")]):
@@ -145,16 +137,7 @@ def test_unpatch_leaves_no_placeholder_key_in_the_sdk_settings(servers, monkeypa
 
 def test_the_module_client_stops_balancing_after_unpatch_and_follows_a_new_patch(servers, monkeypatch) -> None:
     first, second, direct = servers("first"), servers("second"), servers("direct")
-    for name, value in {
-        "api_type": "azure",
-        "api_key": "k",
-        "api_version": "2024-10-21",
-        "azure_endpoint": direct.url,
-        "max_retries": 0,
-        "http_client": None,
-    }.items():
-        monkeypatch.setattr(openai, name, value)
-    monkeypatch.setattr(openai, "_client", None)
+    module_client_settings(monkeypatch, api_key="k", azure_endpoint=direct.url)
 
     def ask() -> str:
         answer = openai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import http.client
-import importlib
 import json
 import threading
 import time
 from collections.abc import Iterator
-from types import ModuleType
 from typing import Any
 
 import openai
 import pytest
+from helpers import FakeClock, sdk_http_module
 from openai.types.chat import ChatCompletionMessageParam
 
 from openai_lb.testing import FakeAzureGroup, FakeAzureOpenAI, Reply, Stall
@@ -22,23 +21,7 @@ HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 NOT_FOUND = {"error": {"code": "404", "message": "Resource not found"}}
 
 
-def _sdk_http_module() -> ModuleType:
-    """The HTTP library the installed SDK is built on: httpx (openai 1.x, 2.x) or httpx2 (3.x)."""
-    base = openai.DefaultHttpxClient.__mro__[1]
-    return importlib.import_module(base.__module__.split(".")[0])
-
-
-SDK_HTTP = _sdk_http_module()
-
-
-class StepClock:
-    """A monotonic clock that only moves when the test moves it."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+SDK_HTTP = sdk_http_module()
 
 
 def chat_path(deployment: str = "gpt-4o") -> str:
@@ -122,7 +105,7 @@ def test_each_member_checks_its_own_keys_and_deployments(ptu: FakeAzureOpenAI, e
 
 
 def test_budgets_scripts_and_counters_are_per_member() -> None:
-    clock = StepClock()
+    clock = FakeClock(100.0)
     ptu = FakeAzureOpenAI(name="ptu", path_prefix="/ptu", budget=1, window=1.0, clock=clock)
     east = FakeAzureOpenAI(name="east", path_prefix="/east", clock=clock)
     with FakeAzureGroup([ptu, east]):

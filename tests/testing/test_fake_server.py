@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import http.client
-import importlib
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
 import openai
 import pytest
+from helpers import FakeClock, sdk_http_module
 from openai.types.chat import ChatCompletionMessageParam
 
 from openai_lb.testing import (
@@ -33,23 +32,7 @@ HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 CHAT_PATH = f"/openai/deployments/gpt-4o/chat/completions?api-version={API_VERSION}"
 
 
-def _sdk_http_module() -> ModuleType:
-    """The HTTP library the installed SDK is built on: httpx (openai 1.x, 2.x) or httpx2 (3.x)."""
-    base = openai.DefaultHttpxClient.__mro__[1]
-    return importlib.import_module(base.__module__.split(".")[0])
-
-
-SDK_HTTP = _sdk_http_module()
-
-
-class StepClock:
-    """A monotonic clock that only moves when the test moves it."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+SDK_HTTP = sdk_http_module()
 
 
 @dataclass
@@ -505,7 +488,7 @@ def test_invalid_actions_are_refused() -> None:
 
 
 def test_budget_answers_429_until_the_window_resets() -> None:
-    clock = StepClock(100.0)
+    clock = FakeClock(100.0)
     with FakeAzureOpenAI(budget=2, window=10, clock=clock) as server:
         first = post_chat(server.url)
         clock.now = 103.0
@@ -529,7 +512,7 @@ def test_budget_answers_429_until_the_window_resets() -> None:
 
 
 def test_retry_after_rounds_up_to_at_least_one_second() -> None:
-    clock = StepClock(0.0)
+    clock = FakeClock(0.0)
     with FakeAzureOpenAI(budget=1, window=1, clock=clock) as server:
         post_chat(server.url)
         clock.now = 0.75
@@ -540,7 +523,7 @@ def test_retry_after_rounds_up_to_at_least_one_second() -> None:
 
 
 def test_budget_ignores_refused_and_rejected_requests() -> None:
-    clock = StepClock()
+    clock = FakeClock(100.0)
     with FakeAzureOpenAI(deployments={"gpt-4o"}, api_keys={"k1"}, budget=1, clock=clock) as server:
         refused = [post_chat(server.url, key="bad"), post_chat(server.url, deployment="nope")]
         ok = post_chat(server.url)
