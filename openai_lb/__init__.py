@@ -22,9 +22,10 @@ from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 from ._clients import AsyncAzureOpenAI, AzureOpenAI
-from ._config import Backend, Policy, TokenProvider, backends_from_json
+from ._config import Backend, Policy, TokenProvider
 from ._errors import ConfigurationError, OpenAILBError
 from ._health import HealthStore, InMemoryHealthStore, reset_state
+from ._loading import backends_from_json, load_backends
 from ._patch import Patch, is_patched, patch, unpatch
 from ._shell import BACKEND_HEADER
 from ._version import __version__
@@ -50,6 +51,7 @@ __all__ = [
     "__version__",
     "backends_from_json",
     "is_patched",
+    "load_backends",
     "patch",
     "reset_state",
     "unpatch",

@@ -7,19 +7,16 @@ lets one process-wide health store serve every client built from the same backen
 from __future__ import annotations
 
 import inspect
-import json
 import math
-import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 from urllib.parse import urlsplit
 
 from ._errors import ConfigurationError
 
-__all__ = ["Backend", "Policy", "TokenProvider", "backends_from_env", "backends_from_json", "validate_backends"]
+__all__ = ["Backend", "Policy", "TokenProvider", "header_safe", "validate_backends"]
 
 TokenProvider = Callable[[], "str | Awaitable[str]"]
 """A callable returning an Azure AD (Entra ID) bearer token; may be async for async clients."""
@@ -232,45 +229,6 @@ def validate_backends(backends: object) -> tuple[Backend, ...]:
             )
         seen_keys[backend.key] = seen_names[backend.name] = backend
     return result
-
-
-_JSON_FIELDS = frozenset({"url", "priority", "weight", "api_key", "deployments", "name"})
-
-
-def backends_from_json(text: str, *, source: str = "JSON") -> list[Backend]:
-    """Backends from a JSON list of objects whose keys are ``Backend``'s argument names."""
-    try:
-        entries: Any = json.loads(text)
-    except ValueError as exc:
-        raise ConfigurationError(f"{source} is not valid JSON: {exc}.") from None
-    if not isinstance(entries, list) or not entries:
-        raise ConfigurationError(f"{source} must be a non-empty JSON list of backend objects.")
-    backends = []
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "url" not in entry:
-            raise ConfigurationError(f'{source}[{index}] must be an object with at least a "url".')
-        unknown = sorted(set(entry) - _JSON_FIELDS)
-        if unknown:
-            raise ConfigurationError(
-                f"{source}[{index}]: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_JSON_FIELDS))}."
-            )
-        kwargs = {k: v for k, v in entry.items() if k != "url"}
-        backends.append(Backend(entry["url"], **kwargs))
-    return backends
-
-
-ENV_VAR = "OPENAI_LB_BACKENDS"
-
-
-def backends_from_env() -> list[Backend]:
-    """Backends from the ``OPENAI_LB_BACKENDS`` environment variable (a JSON list)."""
-    text = os.environ.get(ENV_VAR)
-    if not text:
-        raise ConfigurationError(
-            f"No backends given and ${ENV_VAR} is not set: pass backends=[Backend(...)] or set "
-            f'{ENV_VAR} to a JSON list such as \'[{{"url": "https://ptu.openai.azure.com", "priority": 1}}]\'.'
-        )
-    return backends_from_json(text, source=f"${ENV_VAR}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,9 @@ import openai
 import openai.lib.azure as sdk_azure
 
 from ._clients import BACKEND_CREDENTIALS_ONLY, AsyncAzureOpenAI, AzureOpenAI
-from ._config import Backend, Policy, backends_from_env, validate_backends
+from ._config import Backend, Policy, validate_backends
 from ._health import HealthStore
+from ._loading import backends_from_env
 from ._shell import BalancingShell
 
 __all__ = ["Patch", "is_patched", "patch", "unpatch"]
@@ -70,7 +71,7 @@ def patch(
 
     Call it at start-up; code that reads the SDK's names afterwards gets balancing clients,
     whatever endpoint it passes. With ``backends=None`` they come from ``$OPENAI_LB_BACKENDS``
-    (a JSON list). Calling it again replaces the backends. Clients given their own
+    (a JSON list, or the path of a TOML or JSON file). Calling it again replaces the backends. Clients given their own
     ``http_client`` are left as they are.
     """
     checked = validate_backends(backends if backends is not None else backends_from_env())

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from openai_lb import Backend, ConfigurationError, Policy, backends_from_json
-from openai_lb._config import backends_from_env, validate_backends
+from openai_lb._config import validate_backends
+from openai_lb._loading import backends_from_env
 
 
 def test_name_defaults_to_url_without_scheme_keeping_port_and_prefix() -> None:
@@ -143,12 +144,12 @@ def test_backends_from_json_reads_backend_arguments() -> None:
     ("text", "fragment"),
     [
         ("not json", "not valid JSON"),
-        ("{}", "non-empty JSON list"),
-        ("[]", "non-empty JSON list"),
+        ("{}", "non-empty list of backends"),
+        ("[]", "non-empty list of backends"),
         ('[{"priority": 1}]', 'at least a "url"'),
         ('[{"url": "https://x.example.com", "colour": "red"}]', "unknown field(s) colour"),
         ('[{"url": "https://x.example.com", "azure_ad_token_provider": "x"}]', "unknown field(s)"),
-        ('[{"url": "https://x.example.com", "weight": 0}]', "weight must be a positive number"),
+        ('[{"url": "https://x.example.com", "weight": 0}]', "backends[0]: Backend 'x.example.com': weight must be"),
     ],
 )
 def test_backends_from_json_errors_name_the_entry_and_field(text: str, fragment: str) -> None:
