@@ -18,11 +18,13 @@ from ._errors import ConfigurationError
 from ._health import HealthStore
 from ._shell import BalancingShell
 
-__all__ = ["BACKEND_CREDENTIALS_ONLY", "AsyncAzureOpenAI", "AzureOpenAI", "sdk_transport_class"]
+__all__ = ["BACKEND_CREDENTIALS_ONLY", "OWNED_MARK", "AsyncAzureOpenAI", "AzureOpenAI", "sdk_transport_class"]
 
 # Sent by the SDK when every backend brings its own credential; the transport always
 # replaces it, so it never reaches a backend.
 BACKEND_CREDENTIALS_ONLY = "openai-lb-uses-backend-credentials"
+# Marks the http clients openai_lb builds, so patch() knows which ones it may discard.
+OWNED_MARK = "_openai_lb_owned"
 _CLIENT_CREDENTIALS = ("api_key", "azure_ad_token", "azure_ad_token_provider")
 _CREDENTIAL_ENV = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN")
 
@@ -96,7 +98,9 @@ def _balanced_kwargs(
     transport: Any = sdk_transport_class()(checked, policy=policy, health_store=health_store)
     http_client_class = openai.DefaultAsyncHttpxClient if is_async else openai.DefaultHttpxClient
     # A redirect's target would be rewritten to a backend again: hand 3xx answers to the caller instead.
-    kwargs["http_client"] = http_client_class(transport=transport, follow_redirects=False)
+    http_client = http_client_class(transport=transport, follow_redirects=False)
+    setattr(http_client, OWNED_MARK, True)
+    kwargs["http_client"] = http_client
     return kwargs
 
 

@@ -156,7 +156,11 @@ def _split_url(url: object) -> tuple[str, str, str]:
         raise ConfigurationError(
             f"Backend {parts.hostname!r}: the URL must not have a query or fragment; api-version comes from the client."
         )
-    host = parts.hostname.lower()
+    try:
+        # The wire (URL and Host header alike) carries the ASCII form of an international name.
+        host = parts.hostname.lower().encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigurationError(f"Backend {_redacted(url)!r}: the host name is not valid.") from None
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
@@ -184,6 +188,8 @@ def _check_backend_fields(
 
     if name is not None and (not isinstance(name, str) or not name):
         raise fail(f"name must be a non-empty string, got {name!r}.")
+    if not (label.isascii() and label.isprintable()):
+        raise fail("the name travels in a response header, so it must be printable ASCII; pass name=.")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise fail(f"priority must be an integer (lower is preferred), got {priority!r}.")
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):

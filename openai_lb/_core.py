@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ._config import Backend, Policy, validate_backends
 from ._headers import cooldown_from_headers
-from ._health import BACKEND_WIDE, HealthStore, default_store
+from ._health import HealthStore, default_store
 
 __all__ = ["Answer", "Attempt", "Balancer", "Call"]
 
@@ -34,6 +34,8 @@ class Attempt:
     backend: Backend
     deployment: str | None
     number: int
+    started: float
+    """The core's clock when the attempt was chosen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +128,7 @@ class Call:
         self.attempts += 1
         deployment = chosen.deployment_for(self.deployment)
         log.debug("attempt %d: %s (deployment %s)", self.attempts, chosen.name, deployment)
-        return Attempt(chosen, deployment, self.attempts)
+        return Attempt(chosen, deployment, self.attempts, now)
 
     def _pick(self, candidates: list[Backend]) -> Backend:
         point = self._balancer.rng.random() * sum(b.weight for b in candidates)
@@ -178,13 +180,16 @@ class Call:
         balancer = self._balancer
         policy = balancer.policy
         backend = attempt.backend
-        now = balancer.clock()
-        failures = balancer.store.count_failure(backend.key, now)
-        if failures is None:
-            log.info("%s failed (%s) while already cooling, failing over", backend.name, what)
+        tripped = balancer.store.trip(
+            backend.key,
+            attempt.started,
+            balancer.clock(),
+            lambda failures: min(policy.breaker_base * 2.0 ** min(failures - 1, 64), policy.breaker_max),
+        )
+        if tripped is None:
+            log.info("%s failed (%s), sent before its last trip: failing over", backend.name, what)
             return
-        seconds = min(policy.breaker_base * 2.0 ** min(failures - 1, 64), policy.breaker_max)
-        balancer.store.block(backend.key, BACKEND_WIDE, now + seconds, "failing")
+        failures, seconds = tripped
         log.info(
             "%s failed (%s, %d in a row): cooling the backend %.3f s, failing over",
             backend.name,

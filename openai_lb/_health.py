@@ -8,7 +8,9 @@ implement the same protocol.
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 __all__ = ["BACKEND_WIDE", "HealthStore", "InMemoryHealthStore", "Reason", "default_store", "reset_state"]
@@ -39,11 +41,14 @@ class HealthStore(Protocol):
         """Block until ``until``; an existing later deadline is kept."""
         ...
 
-    def count_failure(self, key: str, now: float) -> int | None:
-        """Count one more consecutive failure of the backend and return the count.
+    def trip(
+        self, key: str, started: float, now: float, cooldown: Callable[[int], float]
+    ) -> tuple[int, float] | None:
+        """Count a failure of an attempt sent at ``started`` and block the backend for ``cooldown(count)``.
 
-        None, and nothing counted, while the backend's breaker is already open: requests that
-        were in flight when it failed are one failure, not a streak.
+        Atomic. Returns the consecutive-failure count and the seconds blocked; None, with nothing
+        changed, when the backend was tripped after that attempt was sent: the attempts in flight
+        during one outage count once, not as a streak.
         """
         ...
 
@@ -63,11 +68,12 @@ class InMemoryHealthStore:
     either the old or the new one. Writes that read-modify-write take the lock.
     """
 
-    __slots__ = ("_blocks", "_failures", "_lock")
+    __slots__ = ("_blocks", "_failures", "_lock", "_tripped_at")
 
     def __init__(self) -> None:
         self._blocks: dict[tuple[str, str | None], tuple[float, Reason]] = {}
         self._failures: dict[str, int] = {}
+        self._tripped_at: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def blocked(self, key: str, deployment: str, now: float) -> tuple[float, Reason] | None:
@@ -93,14 +99,21 @@ class InMemoryHealthStore:
             if current is None or current[0] < until:
                 self._blocks[slot] = (until, reason)
 
-    def count_failure(self, key: str, now: float) -> int | None:
+    def trip(
+        self, key: str, started: float, now: float, cooldown: Callable[[int], float]
+    ) -> tuple[int, float] | None:
         with self._lock:
-            wide = self._blocks.get((key, BACKEND_WIDE))
-            if wide is not None and wide[0] > now:
+            if self._tripped_at.get(key, -math.inf) >= started:
                 return None
             count = self._failures.get(key, 0) + 1
+            seconds = cooldown(count)
             self._failures[key] = count
-            return count
+            self._tripped_at[key] = now
+            slot = (key, BACKEND_WIDE)
+            current = self._blocks.get(slot)
+            if current is None or current[0] < now + seconds:
+                self._blocks[slot] = (now + seconds, "failing")
+            return count, seconds
 
     def count_success(self, key: str) -> None:
         # The lock-free check keeps the common path (nothing to reset) free of contention.
@@ -112,6 +125,7 @@ class InMemoryHealthStore:
         with self._lock:
             self._blocks.clear()
             self._failures.clear()
+            self._tripped_at.clear()
 
 
 _default_store = InMemoryHealthStore()

@@ -23,5 +23,4 @@ class HTTPXTransport(BalancingShell, httpx.BaseTransport, httpx.AsyncBaseTranspo
         httpx.LocalProtocolError,
         httpx.UnsupportedProtocol,
         httpx.PoolTimeout,
-        httpx.ProxyError,
     )

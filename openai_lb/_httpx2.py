@@ -30,5 +30,4 @@ class HTTPX2Transport(BalancingShell, httpx2.BaseTransport, httpx2.AsyncBaseTran
         httpx2.LocalProtocolError,
         httpx2.UnsupportedProtocol,
         httpx2.PoolTimeout,
-        httpx2.ProxyError,
     )

@@ -15,11 +15,10 @@ from typing import Any
 import openai
 import openai.lib.azure as sdk_azure
 
-from ._clients import BACKEND_CREDENTIALS_ONLY, AsyncAzureOpenAI, AzureOpenAI
+from ._clients import BACKEND_CREDENTIALS_ONLY, OWNED_MARK, AsyncAzureOpenAI, AzureOpenAI
 from ._config import Backend, Policy, validate_backends
 from ._health import HealthStore
 from ._loading import backends_from_env
-from ._shell import BalancingShell
 
 __all__ = ["Patch", "is_patched", "patch", "unpatch"]
 
@@ -128,9 +127,11 @@ def _install(*classes: type) -> None:
     # A module-level client built before the swap would keep its old transport.
     if isinstance(getattr(openai, "_client", None), classes[0]):
         openai._reset_client()
-    # The module-level client writes its http client and key back into the SDK's settings: a balanced
-    # one must not outlive this swap (it would keep balancing, or send the placeholder key).
-    if isinstance(getattr(getattr(openai, "http_client", None), "_transport", None), BalancingShell):
+    # The module-level client writes its http client and key back into the SDK's settings. One that
+    # the SDK or openai_lb made for it must not outlive this swap (it would keep, or skip, balancing);
+    # one the application set itself stays.
+    http_client = getattr(openai, "http_client", None)
+    if getattr(http_client, OWNED_MARK, False) or type(http_client).__name__ == "SyncHttpxClientWrapper":
         openai.http_client = None
     if getattr(openai, "api_key", None) == BACKEND_CREDENTIALS_ONLY:
         openai.api_key = None

@@ -77,7 +77,7 @@ class BalancingShell:
     _failover_errors: ClassVar[tuple[type[BaseException], ...]]
     """What the inner transport raises for a backend that is down, refusing, or too slow."""
     _local_errors: ClassVar[tuple[type[BaseException], ...]]
-    """Failover errors that are this machine's fault (bad header, full pool, proxy): they propagate."""
+    """Failover errors that are this machine's fault (bad header, full pool): they propagate."""
 
     def __init__(
         self,
@@ -149,9 +149,11 @@ class BalancingShell:
             url = self._urls[outgoing.url] = http.URL(outgoing.url)
         # A stream (not content=) keeps the library from re-deriving headers the template already set.
         body = b"" if outgoing.body is None else outgoing.body
-        return http.Request(
+        attempt_request = http.Request(
             request.method, url, headers=outgoing.headers, stream=http.ByteStream(body), extensions=request.extensions
         )
+        attempt_request.read()  # inner transports (mocks especially) may read `.content`
+        return attempt_request
 
     def _answer(self, request: Any, answer: Answer) -> Any:
         return self._http.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
@@ -162,10 +164,11 @@ class BalancingShell:
 
     # -- the two loops: send, report, and either deliver or fail over
 
-    def _token_failed(self, call: Call, attempt: Attempt, error: Exception) -> None:
-        # The exception's text may quote what the provider was given; its type is enough to act on.
+    def _token_failed(self, attempt: Attempt, error: Exception) -> None:
+        # Skipped for this call only: the health store is shared by every client of this URL, and a
+        # credential problem of one client is not an outage of the backend. The exception's text may
+        # quote what the provider was given; its type is enough to act on.
         log.warning("%s: azure_ad_token_provider failed (%s); failing over", attempt.backend.name, type(error).__name__)
-        call.report_error(attempt, error)
 
     def _sent_failed(self, call: Call, attempt: Attempt, error: BaseException) -> None:
         if isinstance(error, self._local_errors):
@@ -188,7 +191,7 @@ class BalancingShell:
             except ConfigurationError:
                 raise
             except Exception as error:
-                self._token_failed(call, step, error)
+                self._token_failed(step, error)
                 continue
             try:
                 response = inner.handle_request(self._build(request, template, step, credential))
@@ -215,7 +218,7 @@ class BalancingShell:
                     token = await token
                 credential = _credential(step.backend, token)
             except Exception as error:
-                self._token_failed(call, step, error)
+                self._token_failed(step, error)
                 continue
             try:
                 response = await inner.handle_async_request(self._build(request, template, step, credential))

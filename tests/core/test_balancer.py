@@ -59,7 +59,7 @@ def headers_of(step: Answer) -> dict[str, str]:
 
 def rate_limit(balancer: Balancer, backend: Backend, seconds: float, deployment: str = "gpt-4o") -> None:
     call = balancer.begin(deployment)
-    step = Attempt(backend, backend.deployment_for(deployment), 1)
+    step = Attempt(backend, backend.deployment_for(deployment), 1, balancer.clock())
     assert call.report(step, 429, {"retry-after-ms": str(int(seconds * 1000))}, None) is False
 
 
@@ -371,3 +371,48 @@ def test_requests_in_flight_when_a_backend_fails_count_as_one_failure(clock: Fak
         call.report(step, 503, {}, None)
     clock.advance(5)
     assert attempt(balancer.begin("gpt-4o")).backend is PTU, "one blip cools for the base time, not the cap"
+
+
+def test_attempts_sent_before_a_trip_do_not_extend_it_even_after_the_block_ends(clock: FakeClock) -> None:
+    balancer = make([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5, breaker_max=120))
+    slow = [balancer.begin("gpt-4o") for _ in range(3)]
+    sent = [attempt(call) for call in slow]
+    slow[0].report_error(sent[0], TimeoutError())
+    clock.advance(30)  # the others time out long after the 5 s block has ended
+    for call, step in zip(slow[1:], sent[1:], strict=True):
+        call.report_error(step, TimeoutError())
+    assert attempt(balancer.begin("gpt-4o")).backend is PTU, "the stragglers of one outage do not trip it again"
+    call = balancer.begin("gpt-4o")
+    call.report_error(attempt(call), TimeoutError())
+    clock.advance(9.99)
+    assert attempt(balancer.begin("gpt-4o")).backend is PAYGO_A, "a new failure is the second step: 10 s"
+    clock.advance(0.01)
+    assert attempt(balancer.begin("gpt-4o")).backend is PTU
+
+
+def test_concurrent_failures_of_one_outage_trip_the_breaker_once() -> None:
+    import sys
+    import threading
+
+    store = InMemoryHealthStore()
+    clock = FakeClock()
+    balancer = Balancer([PTU, PAYGO_A], store=store, clock=clock, policy=Policy(breaker_base=5))
+    calls = [balancer.begin("gpt-4o") for _ in range(32)]
+    sent = [attempt(call) for call in calls]
+    barrier = threading.Barrier(32)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+
+        def fail(index: int) -> None:
+            barrier.wait()
+            calls[index].report(sent[index], 503, {}, None)
+
+        threads = [threading.Thread(target=fail, args=(i,)) for i in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert store.blocked(PTU.key, "gpt-4o", clock.now) == (clock.now + 5, "failing")

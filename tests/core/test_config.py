@@ -197,3 +197,14 @@ def test_url_errors_never_echo_userinfo() -> None:
 def test_the_openai_path_is_refused_whatever_its_case() -> None:
     with pytest.raises(ConfigurationError, match="without the trailing '/openai'"):
         Backend("https://x.openai.azure.com/OpenAI/")
+
+
+def test_international_host_names_travel_in_their_ascii_form() -> None:
+    backend = Backend("https://bücher.example.com")
+    assert backend.netloc == "xn--bcher-kva.example.com"
+    assert backend.name == "xn--bcher-kva.example.com"
+
+
+def test_names_must_be_printable_ascii_for_the_response_header() -> None:
+    with pytest.raises(ConfigurationError, match="printable ASCII"):
+        Backend("https://x.example.com", name="späti")

@@ -149,3 +149,24 @@ def test_the_module_client_stops_balancing_after_unpatch_and_follows_a_new_patch
     assert ask() == "second:gpt-4o", "a new patch replaces the module client's backends"
     openai_lb.unpatch()
     assert ask() == "direct:gpt-4o", "after unpatch the module client talks to its endpoint again"
+
+
+def test_a_module_client_used_before_patch_balances_after_it(servers, monkeypatch) -> None:
+    ptu, direct = servers("ptu"), servers("direct")
+    module_client_settings(monkeypatch, api_key="k", azure_endpoint=direct.url)
+
+    def ask() -> str:
+        answer = openai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        return answer.choices[0].message.content or ""
+
+    assert ask() == "direct:gpt-4o"
+    with openai_lb.patch([Backend(ptu.url)]):
+        assert ask() == "ptu:gpt-4o", "the SDK's own default http client is not reused under the patch"
+
+
+def test_an_http_client_the_application_set_for_the_module_client_is_kept(monkeypatch) -> None:
+    own = openai.DefaultHttpxClient()
+    module_client_settings(monkeypatch, api_key="k", http_client=own)
+    with openai_lb.patch([Backend("https://a.example.com")]):
+        assert openai.http_client is own
+    assert openai.http_client is own

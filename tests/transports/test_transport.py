@@ -70,7 +70,9 @@ def test_each_backend_gets_only_its_own_credential(http: ModuleType, transport_c
     assert "PTU-KEY" not in str(paygo.headers.raw)
 
 
-@pytest.mark.parametrize("error_name", ["ConnectError", "ReadTimeout", "RemoteProtocolError", "ReadError"])
+@pytest.mark.parametrize(
+    "error_name", ["ConnectError", "ReadTimeout", "RemoteProtocolError", "ReadError", "ProxyError"]
+)
 def test_transport_errors_fail_over(http: ModuleType, transport_cls: type[Any], error_name: str) -> None:
     seen: list[Any] = []
     error = getattr(http, error_name)("boom")
@@ -230,14 +232,18 @@ def test_a_failing_token_provider_fails_over_and_logs_no_detail(
 
     entra = Backend("https://entra.example.com", priority=1, azure_ad_token_provider=broken, name="entra")
     inner = by_host(http, {"paygo.example.com": [ok(http)]}, [])
+    transport = make(transport_cls, inner, [entra, PAYGO])
     with caplog.at_level("WARNING", logger="openai_lb"):
-        response = make(transport_cls, inner, [entra, PAYGO]).handle_request(chat_request(http))
+        response = transport.handle_request(chat_request(http))
     assert response.headers["x-openai-lb-backend"] == "paygo"
     assert "entra: azure_ad_token_provider failed (RuntimeError)" in caplog.text
     assert "secret-detail" not in caplog.text
+    assert transport.balancer.store.blocked(entra.key, "gpt-4o", 0.0) is None, (
+        "one client's credential problem must not cool the backend for every client"
+    )
 
 
-@pytest.mark.parametrize("error_name", ["LocalProtocolError", "PoolTimeout", "UnsupportedProtocol", "ProxyError"])
+@pytest.mark.parametrize("error_name", ["LocalProtocolError", "PoolTimeout", "UnsupportedProtocol"])
 def test_local_transport_errors_propagate_and_do_not_cool_the_backend(
     http: ModuleType, transport_cls: type[Any], error_name: str
 ) -> None:
@@ -247,3 +253,16 @@ def test_local_transport_errors_propagate_and_do_not_cool_the_backend(
     with pytest.raises(getattr(http, error_name)):
         transport.handle_request(chat_request(http))
     assert transport.handle_request(chat_request(http)).headers["x-openai-lb-backend"] == "ptu"
+
+
+def test_inner_transports_receive_a_request_whose_content_is_readable(
+    http: ModuleType, transport_cls: type[Any]
+) -> None:
+    bodies: list[bytes] = []
+
+    def handler(request: Any) -> Any:
+        bodies.append(request.content)
+        return ok(http)
+
+    make(transport_cls, http.MockTransport(handler)).handle_request(chat_request(http))
+    assert json.loads(bodies[0]) == {"messages": []}
