@@ -37,6 +37,7 @@ class FastServer:
                 break
             except OSError:
                 if time.monotonic() > deadline or self._process.poll() is not None:
+                    self._process.kill()
                     raise RuntimeError("the uvicorn benchmark server did not start") from None
                 time.sleep(0.05)
 
@@ -45,7 +46,11 @@ class FastServer:
 
     def close(self) -> None:
         self._process.terminate()
-        self._process.wait(timeout=10)
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
 
     def __enter__(self) -> FastServer:
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import statistics
 import threading
 import time
@@ -49,6 +50,17 @@ THREE_TIERS = Scenario(
 )
 
 
+def arrival_times(scenario: Scenario, seed: int = 7) -> list[float]:
+    """Offsets of a Poisson arrival process at the scenario's rate: no phase lock with the windows."""
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    while True:
+        t += rng.expovariate(scenario.rate)
+        if t >= scenario.duration:
+            return times
+        times.append(t)
+
+
 @dataclass
 class Outcome:
     arrived: float
@@ -69,8 +81,7 @@ def _drive_async(client: openai.AsyncAzureOpenAI, scenario: Scenario) -> list[Ou
 
     async def run() -> list[Outcome]:
         start = time.monotonic() + 0.2
-        count = int(scenario.rate * scenario.duration)
-        outcomes = await asyncio.gather(*(one(start + i / scenario.rate) for i in range(count)))
+        outcomes = await asyncio.gather(*(one(start + offset) for offset in arrival_times(scenario)))
         await client.close()
         return list(outcomes)
 
@@ -91,11 +102,10 @@ def _drive_threads(client: openai.AzureOpenAI, scenario: Scenario) -> list[Outco
         with lock:
             outcomes.append(Outcome(arrived, time.monotonic(), ok))
 
-    count = int(scenario.rate * scenario.duration)
     start = time.monotonic() + 0.2
     with ThreadPoolExecutor(max_workers=256) as pool:
-        for i in range(count):
-            time.sleep(max(0.0, start + i / scenario.rate - time.monotonic()))
+        for offset in arrival_times(scenario):
+            time.sleep(max(0.0, start + offset - time.monotonic()))
             pool.submit(one)
     client.close()
     return outcomes
@@ -109,26 +119,31 @@ def _percentile(values: list[float], share: float) -> float:
 def _analyse(scenario: Scenario, outcomes: list[Outcome], stats: dict[str, Any]) -> dict[str, Any]:
     ptu_name, _, ptu_budget = scenario.tiers[0]
     ptu_answers = stats[ptu_name]["answers"]
-    window_start = ptu_answers[0][0] if ptu_answers else outcomes[0].arrived
+    # The PTU's first window starts with the first request it gets, which it answers at once.
+    window_start = ptu_answers[0][0] if ptu_answers else min(o.arrived for o in outcomes)
     arrivals = sorted(o.arrived for o in outcomes)
-    # What the PTU could have served: its budget in each window, or the whole demand of a short last one.
     windows = math.ceil((arrivals[-1] - window_start) / scenario.window + 1e-9)
+    end_of_windows = window_start + windows * scenario.window
+    ptu_ok = sorted(t for t, status in ptu_answers if status < 300)
+    # Served and allowed over the same windows: its budget per window, or the whole demand of a short one.
+    ptu_served = sum(1 for t in ptu_ok if window_start <= t < end_of_windows)
     allowed = 0
     for k in range(windows):
-        begin, end = window_start + k * scenario.window, window_start + (k + 1) * scenario.window
+        # The request that opened the first window was sent a moment before the PTU answered it.
+        begin = window_start + k * scenario.window if k else -math.inf
+        end = window_start + (k + 1) * scenario.window
         allowed += min(ptu_budget, sum(1 for t in arrivals if begin <= t < end))
-    ptu_served = stats[ptu_name]["served"]
-    # After each window reset, how many requests were served elsewhere before the PTU served again.
+    # After each window reset, how many requests were served elsewhere before the PTU served again;
+    # a window in which the PTU never served again counts everything served elsewhere in it.
     others = sorted(t for name, s in stats.items() if name != ptu_name for t, status in s["answers"] if status < 300)
-    ptu_ok = sorted(t for t, status in ptu_answers if status < 300)
     misses, delays = [], []
     for k in range(1, windows):
         reset = window_start + k * scenario.window
         back = next((t for t in ptu_ok if t >= reset), None)
-        if back is None:
-            continue
-        misses.append(sum(1 for t in others if reset <= t < back))
-        delays.append((back - reset) * 1e3)
+        until = back if back is not None and back < reset + scenario.window else reset + scenario.window
+        misses.append(sum(1 for t in others if reset <= t < until))
+        if back is not None and back < reset + scenario.window:
+            delays.append((back - reset) * 1e3)
     upstream = sum(len(s["answers"]) for s in stats.values())
     successes = sum(1 for o in outcomes if o.ok)
     latencies = [(o.finished - o.arrived) * 1e3 for o in outcomes if o.ok]

@@ -44,7 +44,10 @@ def bootstrap(argv: list[str]) -> int:
         print("installing the benchmark requirements ...", flush=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e", str(ROOT), *REQUIREMENTS], check=True)
         marker.write_text(wanted)
-    env = {**os.environ, "OPENAI_LB_BENCH_INSIDE": "1"}
+    # Proxy settings would send some systems' loopback traffic through a proxy (httpx reads them; a
+    # client given a transport does not): keep every system direct and on 127.0.0.1.
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update({"OPENAI_LB_BENCH_INSIDE": "1", "NO_PROXY": "127.0.0.1,localhost"})
     return subprocess.run([str(python), str(Path(__file__).resolve()), *argv], env=env, check=False).returncode
 
 

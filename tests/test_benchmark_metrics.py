@@ -45,3 +45,21 @@ def test_a_late_return_and_wasted_attempts_are_counted() -> None:
     assert result["requests_elsewhere_after_reset"] == {"median": 2, "max": 2}
     assert result["ptu_back_after_reset_ms"]["median"] == pytest.approx(500)
     assert result["upstream_attempts_per_success"] == pytest.approx((len(ptu) + len(paygo)) / 11)
+
+
+def test_a_balancer_that_never_returns_to_the_ptu_scores_every_miss() -> None:
+    arrivals = [i * 0.25 for i in range(12)]
+    ptu = [(0.0, 200), (0.25, 200)]
+    paygo = [(t, 200) for t in arrivals[2:]]
+    stats = {"ptu": {"served": 2, "answers": ptu}, "paygo": {"served": len(paygo), "answers": paygo}}
+    result = bench_spillover._analyse(SCENARIO, [outcome(t) for t in arrivals], stats)
+    assert result["requests_elsewhere_after_reset"] == {"median": 4, "max": 4}
+    assert result["ptu_utilisation"] == pytest.approx(2 / 6)
+
+
+def test_arrivals_are_a_seeded_poisson_process_at_the_scenario_rate() -> None:
+    times = bench_spillover.arrival_times(bench_spillover.TWO_TIERS)
+    assert times == bench_spillover.arrival_times(bench_spillover.TWO_TIERS), "same seed, same arrivals"
+    assert times == sorted(times)
+    expected = bench_spillover.TWO_TIERS.rate * bench_spillover.TWO_TIERS.duration
+    assert abs(len(times) - expected) < 4 * expected**0.5
