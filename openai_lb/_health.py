@@ -41,9 +41,7 @@ class HealthStore(Protocol):
         """Block until ``until``; an existing later deadline is kept."""
         ...
 
-    def trip(
-        self, key: str, started: float, now: float, cooldown: Callable[[int], float]
-    ) -> tuple[int, float] | None:
+    def trip(self, key: str, started: float, now: float, cooldown: Callable[[int], float]) -> tuple[int, float] | None:
         """Count a failure of an attempt sent at ``started`` and block the backend for ``cooldown(count)``.
 
         Atomic. Returns the consecutive-failure count and the seconds blocked; None, with nothing
@@ -99,9 +97,7 @@ class InMemoryHealthStore:
             if current is None or current[0] < until:
                 self._blocks[slot] = (until, reason)
 
-    def trip(
-        self, key: str, started: float, now: float, cooldown: Callable[[int], float]
-    ) -> tuple[int, float] | None:
+    def trip(self, key: str, started: float, now: float, cooldown: Callable[[int], float]) -> tuple[int, float] | None:
         with self._lock:
             if self._tripped_at.get(key, -math.inf) >= started:
                 return None
