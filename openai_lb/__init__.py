@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from ._clients import AsyncAzureOpenAI, AzureOpenAI
 from ._config import Backend, Policy, TokenProvider
+from ._core import Balancer
 from ._errors import ConfigurationError, OpenAILBError
 from ._health import HealthStore, InMemoryHealthStore, reset_state
 from ._loading import backends_from_json, load_backends
 from ._patch import Patch, is_patched, patch, unpatch
 from ._shell import BACKEND_HEADER
+from ._status import BackendState, BackendStatus, DeploymentCooldown
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -41,7 +43,11 @@ __all__ = [
     "AsyncAzureOpenAI",
     "AzureOpenAI",
     "Backend",
+    "BackendState",
+    "BackendStatus",
+    "Balancer",
     "ConfigurationError",
+    "DeploymentCooldown",
     "HealthStore",
     "InMemoryHealthStore",
     "OpenAILBError",

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import openai
 
 from ._config import Backend, Policy, first_of, validate_backends
+from ._core import Balancer
 from ._errors import ConfigurationError
 from ._health import HealthStore
 from ._shell import BalancingShell
@@ -104,6 +105,11 @@ def _balanced_kwargs(
     return kwargs
 
 
+def _balancer_of(client: openai.AzureOpenAI | openai.AsyncAzureOpenAI) -> Balancer | None:
+    transport = getattr(client._client, "_transport", None)
+    return transport.balancer if isinstance(transport, BalancingShell) else None
+
+
 class AzureOpenAI(openai.AzureOpenAI):
     """``openai.AzureOpenAI`` balancing its requests over ``backends``.
 
@@ -132,6 +138,11 @@ class AzureOpenAI(openai.AzureOpenAI):
     ) -> None:
         super().__init__(**_balanced_kwargs(type(self), kwargs, backends, policy, health_store, is_async=False))
 
+    @property
+    def balancer(self) -> Balancer | None:
+        """The balancer behind this client (``.status()`` snapshots it); None with an http client of your own."""
+        return _balancer_of(self)
+
 
 class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
     """``openai.AsyncAzureOpenAI`` balancing its requests over ``backends``; token providers may be async."""
@@ -147,3 +158,8 @@ class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
         **kwargs: Any,
     ) -> None:
         super().__init__(**_balanced_kwargs(type(self), kwargs, backends, policy, health_store, is_async=True))
+
+    @property
+    def balancer(self) -> Balancer | None:
+        """The balancer behind this client (``.status()`` snapshots it); None with an http client of your own."""
+        return _balancer_of(self)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ._config import Backend, Policy, validate_backends
 from ._headers import cooldown_from_headers
 from ._health import HealthStore, default_store
+from ._status import BackendState, BackendStatus, DeploymentCooldown, StatsBook
 
 __all__ = ["Answer", "Attempt", "Balancer", "Call"]
 
@@ -56,7 +57,17 @@ class Balancer:
     the synthetic 429 says ``x-should-retry: false``.
     """
 
-    __slots__ = ("_by_priority", "backends", "client_wait_limit", "clock", "policy", "rng", "store", "wall_clock")
+    __slots__ = (
+        "_by_priority",
+        "backends",
+        "client_wait_limit",
+        "clock",
+        "policy",
+        "rng",
+        "stats",
+        "store",
+        "wall_clock",
+    )
 
     def __init__(
         self,
@@ -78,10 +89,51 @@ class Balancer:
         self.client_wait_limit = client_wait_limit
         # Stable sort keeps the caller's order inside a tier, which makes logs predictable.
         self._by_priority = tuple(sorted(self.backends, key=lambda b: b.priority))
+        self.stats = StatsBook([b.key for b in self.backends])
 
     def begin(self, deployment: str | None) -> Call:
         """Start one caller request for ``deployment`` (None when the request names none)."""
         return Call(self, deployment)
+
+    def status(self) -> tuple[BackendStatus, ...]:
+        """An immutable snapshot of every backend, in configuration order; never holds a credential."""
+        now = self.clock()
+        return tuple(self._status_of(backend, now) for backend in self.backends)
+
+    def _status_of(self, backend: Backend, now: float) -> BackendStatus:
+        health = self.store.snapshot(backend.key, now)
+        stats = self.stats.copy(backend.key)
+        deployments = tuple(
+            DeploymentCooldown(name, reason, until - now)
+            for name, (until, reason) in sorted(health.deployments.items())
+        )
+        state: BackendState
+        if health.open_until is not None:
+            state = "circuit_open"
+        elif health.failures:
+            state = "probing"
+        elif deployments:
+            state = "cooling"
+        else:
+            state = "available"
+        return BackendStatus(
+            name=backend.name,
+            url=backend.key,
+            priority=backend.priority,
+            weight=backend.weight,
+            state=state,
+            seconds_until_available=0.0 if health.open_until is None else health.open_until - now,
+            deployments=deployments,
+            in_flight=stats.in_flight,
+            attempts=stats.attempts,
+            successes=stats.successes,
+            client_errors=stats.client_errors,
+            rate_limited=stats.rate_limited,
+            failures=stats.failures,
+            failovers_away=stats.failovers_away,
+            last_failure=stats.last_failure,
+            last_failure_at=stats.last_failure_at,
+        )
 
 
 def _is_deployment_not_found(body: bytes | None) -> bool:
@@ -125,6 +177,7 @@ class Call:
             return self._answer(now)
         chosen = candidates[0] if len(candidates) == 1 else self._pick(candidates)
         tried.add(chosen.key)
+        balancer.stats.sent(chosen.key)
         self.attempts += 1
         deployment = chosen.deployment_for(self.deployment)
         log.debug("attempt %d: %s (deployment %s)", self.attempts, chosen.name, deployment)
@@ -153,6 +206,7 @@ class Call:
             seconds, source = found if found is not None else (balancer.policy.default_cooldown, "default")
             seconds = min(seconds, balancer.policy.max_cooldown)
             balancer.store.block(backend.key, slot, now + seconds, "rate_limited")
+            balancer.stats.failed(backend.key, "HTTP 429", balancer.wall_clock(), rate_limited=True)
             log.info(
                 "%s deployment %s answered 429: cooling %.3f s (from %s), failing over",
                 backend.name,
@@ -164,22 +218,34 @@ class Call:
         if status == 404 and _is_deployment_not_found(body):
             now = balancer.clock()
             balancer.store.block(backend.key, slot, now + balancer.policy.max_cooldown, "missing")
+            balancer.stats.failed(backend.key, "DeploymentNotFound", balancer.wall_clock())
             log.info("%s has no deployment %s: skipping it there, failing over", backend.name, attempt.deployment)
             return False
         if status in balancer.policy.failover_statuses:
             self._trip(attempt, f"HTTP {status}")
             return False
         balancer.store.count_success(backend.key)
+        balancer.stats.answered(backend.key, status)
         return True
 
     def report_error(self, attempt: Attempt, error: BaseException) -> None:
         """Learn from a transport error (connection refused or reset, timeout); always fails over."""
         self._trip(attempt, type(error).__name__)
 
+    def skip(self, attempt: Attempt, what: str) -> None:
+        """The attempt could not be sent for a reason of this client's (its credential): fail over
+        without telling the shared health store, which other clients of the backend rely on."""
+        self._balancer.stats.failed(attempt.backend.key, what, self._balancer.wall_clock())
+
+    def release(self, attempt: Attempt) -> None:
+        """The attempt ended without a verdict on the backend (this machine's error, a cancellation)."""
+        self._balancer.stats.released(attempt.backend.key)
+
     def _trip(self, attempt: Attempt, what: str) -> None:
         balancer = self._balancer
         policy = balancer.policy
         backend = attempt.backend
+        balancer.stats.failed(backend.key, what, balancer.wall_clock())
         tripped = balancer.store.trip(
             backend.key,
             attempt.started,

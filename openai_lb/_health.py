@@ -10,16 +10,37 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["BACKEND_WIDE", "HealthStore", "InMemoryHealthStore", "Reason", "default_store", "reset_state"]
+__all__ = [
+    "BACKEND_WIDE",
+    "BackendHealth",
+    "HealthStore",
+    "InMemoryHealthStore",
+    "Reason",
+    "default_store",
+    "reset_state",
+]
 
 Reason = Literal["rate_limited", "missing", "failing"]
 """Why something is blocked: a 429, a DeploymentNotFound, or the circuit breaker."""
 
 BACKEND_WIDE = None
 """The ``deployment`` argument that means the whole backend (the circuit breaker)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendHealth:
+    """A store's view of one backend at one moment."""
+
+    failures: int
+    """Consecutive failures (reset by a success)."""
+    open_until: float | None
+    """When the circuit breaker closes again, if it is open."""
+    deployments: Mapping[str, tuple[float, Reason]]
+    """Active deployment blocks: deployment -> (until, reason); "" is requests naming none."""
 
 
 class HealthStore(Protocol):
@@ -56,6 +77,10 @@ class HealthStore(Protocol):
 
     def clear(self) -> None:
         """Forget everything."""
+        ...
+
+    def snapshot(self, key: str, now: float) -> BackendHealth:
+        """What is known of the backend ``key`` now: failure streak, breaker and deployment blocks."""
         ...
 
 
@@ -116,6 +141,18 @@ class InMemoryHealthStore:
         if self._failures.get(key):
             with self._lock:
                 self._failures.pop(key, None)
+
+    def snapshot(self, key: str, now: float) -> BackendHealth:
+        open_until = None
+        deployments = {}
+        for (owner, deployment), (until, reason) in list(self._blocks.items()):
+            if owner != key or until <= now:
+                continue
+            if deployment is BACKEND_WIDE:
+                open_until = until
+            else:
+                deployments[deployment] = (until, reason)
+        return BackendHealth(self._failures.get(key, 0), open_until, deployments)
 
     def clear(self) -> None:
         with self._lock:

@@ -164,14 +164,16 @@ class BalancingShell:
 
     # -- the two loops: send, report, and either deliver or fail over
 
-    def _token_failed(self, attempt: Attempt, error: Exception) -> None:
+    def _token_failed(self, call: Call, attempt: Attempt, error: Exception) -> None:
         # Skipped for this call only: the health store is shared by every client of this URL, and a
         # credential problem of one client is not an outage of the backend. The exception's text may
         # quote what the provider was given; its type is enough to act on.
         log.warning("%s: azure_ad_token_provider failed (%s); failing over", attempt.backend.name, type(error).__name__)
+        call.skip(attempt, f"token provider: {type(error).__name__}")
 
     def _sent_failed(self, call: Call, attempt: Attempt, error: BaseException) -> None:
         if isinstance(error, self._local_errors):
+            call.release(attempt)
             raise error
         call.report_error(attempt, error)
 
@@ -189,17 +191,21 @@ class BalancingShell:
                     _refuse_awaitable(token, step.backend)
                 credential = _credential(step.backend, token)
             except ConfigurationError:
+                call.release(step)
                 raise
             except Exception as error:
-                self._token_failed(step, error)
+                self._token_failed(call, step, error)
                 continue
             try:
                 response = inner.handle_request(self._build(request, template, step, credential))
+                status = response.status_code
+                body = response.read() if call.needs_body(status) else None
             except self._failover_errors as error:
                 self._sent_failed(call, step, error)
                 continue
-            status = response.status_code
-            body = response.read() if call.needs_body(status) else None
+            except BaseException:
+                call.release(step)
+                raise
             if call.report(step, status, response.headers, body):
                 return self._deliver(response, step)
             response.close()
@@ -218,15 +224,18 @@ class BalancingShell:
                     token = await token
                 credential = _credential(step.backend, token)
             except Exception as error:
-                self._token_failed(step, error)
+                self._token_failed(call, step, error)
                 continue
             try:
                 response = await inner.handle_async_request(self._build(request, template, step, credential))
+                status = response.status_code
+                body = await response.aread() if call.needs_body(status) else None
             except self._failover_errors as error:
                 self._sent_failed(call, step, error)
                 continue
-            status = response.status_code
-            body = await response.aread() if call.needs_body(status) else None
+            except BaseException:  # cancellation included: the attempt is no longer in flight
+                call.release(step)
+                raise
             if call.report(step, status, response.headers, body):
                 return self._deliver(response, step)
             await response.aclose()

@@ -107,3 +107,27 @@ async def test_many_tasks_share_one_async_client_without_losing_a_request(server
     assert answers["ptu"] == 30, f"the PTU serves exactly its budget: {answers}"
     assert ptu.served + paygo_a.served + paygo_b.served == tasks
     await client.close()
+
+
+def test_status_counters_add_up_after_many_threads(servers, balanced) -> None:
+    ptu = servers("ptu", budget=15, window=60)
+    paygo = servers("paygo")
+    client = balanced([Backend(ptu.url, priority=1, name="ptu"), Backend(paygo.url, priority=2, name="paygo")])
+    # openai_lb's clients expose it; an SDK client built around the transport reaches it through that.
+    balancer = getattr(client, "balancer", None) or client._client._transport.balancer
+
+    def work(_: int) -> None:
+        for _ in range(5):
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(work, range(16)))
+    statuses = {s.name: s for s in balancer.status()}
+    for status in statuses.values():
+        assert status.in_flight == 0, status
+        assert status.attempts == status.successes + status.client_errors + status.rate_limited + status.failures
+    assert statuses["ptu"].successes == ptu.served == 15
+    assert statuses["ptu"].rate_limited == ptu.rejected
+    assert statuses["paygo"].successes == paygo.served
+    assert statuses["ptu"].successes + statuses["paygo"].successes == 80
+    assert statuses["ptu"].state == "cooling"

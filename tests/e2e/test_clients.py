@@ -172,3 +172,19 @@ async def test_closing_the_async_client_closes_the_balancers_connections(servers
     transport = client._client._transport
     await client.close()
     assert transport._async_inner._pool.connections == []
+
+
+def test_the_client_exposes_its_balancer_status(servers) -> None:
+    ptu, paygo = servers("ptu"), servers("paygo")
+    client = make([Backend(ptu.url, priority=1, name="ptu"), Backend(paygo.url, priority=2, name="paygo")], api_key="k")
+    ptu.script(Reply(503))
+    chat(client)
+    assert client.balancer is not None
+    ptu_status, paygo_status = client.balancer.status()
+    assert (ptu_status.state, ptu_status.last_failure, ptu_status.failovers_away) == ("circuit_open", "HTTP 503", 1)
+    assert (paygo_status.successes, paygo_status.state) == (1, "available")
+    assert client.with_options(timeout=5).balancer is client.balancer, "copies share the balancer"
+    own = openai_lb.AzureOpenAI(
+        api_key="k", api_version=API_VERSION, http_client=openai.DefaultHttpxClient(), azure_endpoint=ptu.url
+    )
+    assert own.balancer is None

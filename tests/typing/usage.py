@@ -49,3 +49,6 @@ version: str = openai_lb.__version__
 transport = openai_lb.HTTPX2Transport(backends)
 legacy = openai_lb.HTTPXTransport(backends, policy=Policy())
 header: str = openai_lb.BACKEND_HEADER
+balancer: openai_lb.Balancer | None = AzureOpenAI(backends=backends, api_key="k", api_version="v").balancer
+statuses: tuple[openai_lb.BackendStatus, ...] = balancer.status() if balancer is not None else ()
+state: openai_lb.BackendState = statuses[0].state if statuses else "available"
