@@ -145,14 +145,17 @@ class InMemoryHealthStore:
     def snapshot(self, key: str, now: float) -> BackendHealth:
         open_until = None
         deployments = {}
-        for (owner, deployment), (until, reason) in list(self._blocks.items()):
+        with self._lock:
+            blocks = list(self._blocks.items())
+            failures = self._failures.get(key, 0)
+        for (owner, deployment), (until, reason) in blocks:
             if owner != key or until <= now:
                 continue
             if deployment is BACKEND_WIDE:
                 open_until = until
             else:
                 deployments[deployment] = (until, reason)
-        return BackendHealth(self._failures.get(key, 0), open_until, deployments)
+        return BackendHealth(failures, open_until, deployments)
 
     def clear(self) -> None:
         with self._lock:

@@ -196,6 +196,9 @@ class BalancingShell:
             except Exception as error:
                 self._token_failed(call, step, error)
                 continue
+            except BaseException:
+                call.release(step)
+                raise
             try:
                 response = inner.handle_request(self._build(request, template, step, credential))
                 status = response.status_code
@@ -226,6 +229,9 @@ class BalancingShell:
             except Exception as error:
                 self._token_failed(call, step, error)
                 continue
+            except BaseException:  # a cancellation while awaiting the token
+                call.release(step)
+                raise
             try:
                 response = await inner.handle_async_request(self._build(request, template, step, credential))
                 status = response.status_code

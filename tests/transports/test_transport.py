@@ -266,3 +266,19 @@ def test_inner_transports_receive_a_request_whose_content_is_readable(
 
     make(transport_cls, http.MockTransport(handler)).handle_request(chat_request(http))
     assert json.loads(bodies[0]) == {"messages": []}
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_request_leaves_nothing_in_flight(http: ModuleType, transport_cls: type[Any]) -> None:
+    import anyio
+
+    async def slow_token() -> str:
+        await anyio.sleep(60)
+        return "never"
+
+    entra = Backend("https://entra.example.com", azure_ad_token_provider=slow_token, name="entra")
+    transport = make(transport_cls, by_host(http, {}, []), [entra])
+    with anyio.move_on_after(0.05):
+        await transport.handle_async_request(chat_request(http))
+    (status,) = transport.balancer.status()
+    assert (status.attempts, status.in_flight) == (1, 0)
