@@ -25,6 +25,16 @@ from ._clients import AsyncAzureOpenAI, AzureOpenAI
 from ._config import Backend, Policy, TokenProvider
 from ._core import Balancer
 from ._errors import ConfigurationError, OpenAILBError
+from ._events import (
+    AllBackendsCooling,
+    AttemptFinished,
+    AttemptStarted,
+    BackendCooled,
+    BackendRecovered,
+    Event,
+    EventHook,
+    Outcome,
+)
 from ._health import HealthStore, InMemoryHealthStore, reset_state
 from ._loading import backends_from_json, load_backends
 from ._patch import Patch, is_patched, patch, unpatch
@@ -40,17 +50,25 @@ _TRANSPORTS = {"HTTPXTransport": "httpx", "HTTPX2Transport": "httpx2"}
 
 __all__ = [
     "BACKEND_HEADER",
+    "AllBackendsCooling",
     "AsyncAzureOpenAI",
+    "AttemptFinished",
+    "AttemptStarted",
     "AzureOpenAI",
     "Backend",
+    "BackendCooled",
+    "BackendRecovered",
     "BackendState",
     "BackendStatus",
     "Balancer",
     "ConfigurationError",
     "DeploymentCooldown",
+    "Event",
+    "EventHook",
     "HealthStore",
     "InMemoryHealthStore",
     "OpenAILBError",
+    "Outcome",
     "Patch",
     "Policy",
     "TokenProvider",

@@ -8,18 +8,26 @@ each major's own signature applies) plus ``backends=``, ``policy=`` and
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import openai
 
 from ._config import Backend, Policy, first_of, validate_backends
 from ._core import Balancer
 from ._errors import ConfigurationError
+from ._events import EventHook, hooks_from
 from ._health import HealthStore
 from ._shell import BalancingShell
 
-__all__ = ["BACKEND_CREDENTIALS_ONLY", "OWNED_MARK", "AsyncAzureOpenAI", "AzureOpenAI", "sdk_transport_class"]
+__all__ = [
+    "BACKEND_CREDENTIALS_ONLY",
+    "OWNED_MARK",
+    "AsyncAzureOpenAI",
+    "AzureOpenAI",
+    "Balancing",
+    "sdk_transport_class",
+]
 
 # Sent by the SDK when every backend brings its own credential; the transport always
 # replaces it, so it never reaches a backend.
@@ -42,31 +50,37 @@ def sdk_transport_class() -> type[BalancingShell]:
     return HTTPXTransport
 
 
-def _balanced_kwargs(
-    owner: type[Any],
-    kwargs: dict[str, Any],
-    backends: Sequence[Backend] | None,
-    policy: Policy | None,
-    health_store: HealthStore | None,
-    *,
-    is_async: bool,
-) -> dict[str, Any]:
+class Balancing(NamedTuple):
+    """The balancing arguments of a client; ``patch()`` installs them as the defaults of its classes."""
+
+    backends: Sequence[Backend] | None
+    policy: Policy | None
+    health_store: HealthStore | None
+    on_event: tuple[EventHook, ...]
+
+    def over(self, defaults: Balancing | None) -> Balancing:
+        """These arguments, with what they leave unset taken from ``defaults`` (when no backends are given)."""
+        if self.backends is not None or defaults is None:
+            return self
+        return Balancing(
+            defaults.backends,
+            self.policy if self.policy is not None else defaults.policy,
+            self.health_store if self.health_store is not None else defaults.health_store,
+            self.on_event or defaults.on_event,
+        )
+
+
+def _balanced_kwargs(owner: type[Any], kwargs: dict[str, Any], given: Balancing, *, is_async: bool) -> dict[str, Any]:
     """The SDK constructor's kwargs with a balancing http client added (unless one is given)."""
     if kwargs.get("http_client") is not None:
-        if backends is not None:
+        if given.backends is not None:
             raise ConfigurationError(
                 f"{owner.__name__}: pass either backends= (openai_lb builds the http client) or http_client= "
                 f"(used as given, not balanced), not both. To combine them, build your client around "
                 f"openai_lb.{sdk_transport_class().__name__}(backends) and pass only http_client=."
             )
         return kwargs
-    defaults = owner._openai_lb_defaults
-    if backends is None and defaults is not None:
-        backends, policy, health_store = (
-            defaults[0],
-            policy if policy is not None else defaults[1],
-            health_store if health_store is not None else defaults[2],
-        )
+    backends, policy, health_store, on_event = given.over(owner._openai_lb_defaults)
     if backends is None:
         raise ConfigurationError(
             f"{owner.__name__} needs backends=[openai_lb.Backend(...), ...] (or an http_client of your own)."
@@ -96,7 +110,7 @@ def _balanced_kwargs(
     ):
         # The SDK insists on an endpoint; the transport replaces it with each backend's anyway.
         kwargs["azure_endpoint"] = first_of(checked).key
-    transport: Any = sdk_transport_class()(checked, policy=policy, health_store=health_store)
+    transport: Any = sdk_transport_class()(checked, policy=policy, health_store=health_store, on_event=on_event)
     http_client_class = openai.DefaultAsyncHttpxClient if is_async else openai.DefaultHttpxClient
     # A redirect's target would be rewritten to a backend again: hand 3xx answers to the caller instead.
     http_client = http_client_class(transport=transport, follow_redirects=False)
@@ -126,7 +140,7 @@ class AzureOpenAI(openai.AzureOpenAI):
     ```
     """
 
-    _openai_lb_defaults: ClassVar[tuple[Sequence[Backend], Policy | None, HealthStore | None] | None] = None
+    _openai_lb_defaults: ClassVar[Balancing | None] = None
 
     def __init__(
         self,
@@ -134,9 +148,11 @@ class AzureOpenAI(openai.AzureOpenAI):
         backends: Sequence[Backend] | None = None,
         policy: Policy | None = None,
         health_store: HealthStore | None = None,
+        on_event: EventHook | Iterable[EventHook] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**_balanced_kwargs(type(self), kwargs, backends, policy, health_store, is_async=False))
+        given = Balancing(backends, policy, health_store, hooks_from(on_event))
+        super().__init__(**_balanced_kwargs(type(self), kwargs, given, is_async=False))
 
     @property
     def balancer(self) -> Balancer | None:
@@ -147,7 +163,7 @@ class AzureOpenAI(openai.AzureOpenAI):
 class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
     """``openai.AsyncAzureOpenAI`` balancing its requests over ``backends``; token providers may be async."""
 
-    _openai_lb_defaults: ClassVar[tuple[Sequence[Backend], Policy | None, HealthStore | None] | None] = None
+    _openai_lb_defaults: ClassVar[Balancing | None] = None
 
     def __init__(
         self,
@@ -155,9 +171,11 @@ class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
         backends: Sequence[Backend] | None = None,
         policy: Policy | None = None,
         health_store: HealthStore | None = None,
+        on_event: EventHook | Iterable[EventHook] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**_balanced_kwargs(type(self), kwargs, backends, policy, health_store, is_async=True))
+        given = Balancing(backends, policy, health_store, hooks_from(on_event))
+        super().__init__(**_balanced_kwargs(type(self), kwargs, given, is_async=True))
 
     @property
     def balancer(self) -> Balancer | None:

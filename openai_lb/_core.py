@@ -13,12 +13,23 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ._config import Backend, Policy, validate_backends
+from ._events import (
+    AllBackendsCooling,
+    AttemptFinished,
+    AttemptStarted,
+    BackendCooled,
+    BackendRecovered,
+    EventHook,
+    Outcome,
+    emit,
+    hooks_from,
+)
 from ._headers import cooldown_from_headers
-from ._health import HealthStore, default_store
+from ._health import HealthStore, Reason, default_store
 from ._status import BackendState, BackendStatus, DeploymentCooldown, StatsBook
 
 __all__ = ["Answer", "Attempt", "Balancer", "Call"]
@@ -54,7 +65,8 @@ class Balancer:
     ``clock`` is monotonic seconds (cooldowns), ``wall_clock`` epoch seconds (only to turn
     an HTTP-date into a delay), ``rng`` picks by weight. All three are injectable for tests.
     ``client_wait_limit`` is the longest Retry-After the SDK in use will honour; beyond it
-    the synthetic 429 says ``x-should-retry: false``.
+    the synthetic 429 says ``x-should-retry: false``. ``on_event`` hooks receive the events
+    of ``openai_lb._events``; with none, no event is even built.
     """
 
     __slots__ = (
@@ -62,6 +74,7 @@ class Balancer:
         "backends",
         "client_wait_limit",
         "clock",
+        "hooks",
         "policy",
         "rng",
         "stats",
@@ -79,6 +92,7 @@ class Balancer:
         wall_clock: Clock = time.time,
         rng: random.Random | None = None,
         client_wait_limit: float = 60.0,
+        on_event: EventHook | Iterable[EventHook] | None = None,
     ) -> None:
         self.backends = validate_backends(backends)
         self.policy = policy if policy is not None else Policy()
@@ -90,6 +104,11 @@ class Balancer:
         # Stable sort keeps the caller's order inside a tier, which makes logs predictable.
         self._by_priority = tuple(sorted(self.backends, key=lambda b: b.priority))
         self.stats = StatsBook([b.key for b in self.backends])
+        self.hooks = hooks_from(on_event)
+        for hook in self.hooks:
+            attach = getattr(hook, "attach", None)
+            if callable(attach):
+                attach(self)
 
     def begin(self, deployment: str | None) -> Call:
         """Start one caller request for ``deployment`` (None when the request names none)."""
@@ -181,6 +200,8 @@ class Call:
         self.attempts += 1
         deployment = chosen.deployment_for(self.deployment)
         log.debug("attempt %d: %s (deployment %s)", self.attempts, chosen.name, deployment)
+        if balancer.hooks:
+            emit(balancer.hooks, AttemptStarted(chosen.name, chosen.key, deployment, self.attempts))
         return Attempt(chosen, deployment, self.attempts, now)
 
     def _pick(self, candidates: list[Backend]) -> Backend:
@@ -203,7 +224,7 @@ class Call:
         if status == 429:
             now = balancer.clock()
             found = cooldown_from_headers(headers, wall_now=balancer.wall_clock())
-            seconds, source = found if found is not None else (balancer.policy.default_cooldown, "default")
+            seconds, source = found if found is not None else (balancer.policy.default_cooldown, None)
             seconds = min(seconds, balancer.policy.max_cooldown)
             balancer.store.block(backend.key, slot, now + seconds, "rate_limited")
             balancer.stats.failed(backend.key, "HTTP 429", balancer.wall_clock(), rate_limited=True)
@@ -212,46 +233,65 @@ class Call:
                 backend.name,
                 attempt.deployment,
                 seconds,
-                source,
+                source or "the default",
             )
+            self._cooled(attempt, "rate_limited", seconds, source, now)
             return False
         if status == 404 and _is_deployment_not_found(body):
             now = balancer.clock()
             balancer.store.block(backend.key, slot, now + balancer.policy.max_cooldown, "missing")
             balancer.stats.failed(backend.key, "DeploymentNotFound", balancer.wall_clock())
             log.info("%s has no deployment %s: skipping it there, failing over", backend.name, attempt.deployment)
+            self._cooled(attempt, "missing", balancer.policy.max_cooldown, None, now)
             return False
         if status in balancer.policy.failover_statuses:
-            self._trip(attempt, f"HTTP {status}")
+            self._trip(attempt, f"HTTP {status}", status)
             return False
-        balancer.store.count_success(backend.key)
+        now = balancer.clock()
+        recovered = balancer.store.count_success(backend.key, slot, now)
         balancer.stats.answered(backend.key, status)
+        if recovered:
+            log.info("%s answered again after cooling down (deployment %s)", backend.name, attempt.deployment)
+        if balancer.hooks:
+            self._finished(attempt, "success" if status < 400 else "client_error", status, None, now)
+            if recovered:
+                emit(balancer.hooks, BackendRecovered(backend.name, backend.key, attempt.deployment))
         return True
 
     def report_error(self, attempt: Attempt, error: BaseException) -> None:
         """Learn from a transport error (connection refused or reset, timeout); always fails over."""
-        self._trip(attempt, type(error).__name__)
+        self._trip(attempt, type(error).__name__, None)
 
     def skip(self, attempt: Attempt, what: str) -> None:
         """The attempt could not be sent for a reason of this client's (its credential): fail over
         without telling the shared health store, which other clients of the backend rely on."""
-        self._balancer.stats.failed(attempt.backend.key, what, self._balancer.wall_clock())
+        balancer = self._balancer
+        balancer.stats.failed(attempt.backend.key, what, balancer.wall_clock())
+        if balancer.hooks:
+            self._finished(attempt, "skipped", None, what, balancer.clock())
 
-    def release(self, attempt: Attempt) -> None:
+    def release(self, attempt: Attempt, error: BaseException | None = None) -> None:
         """The attempt ended without a verdict on the backend (this machine's error, a cancellation)."""
-        self._balancer.stats.released(attempt.backend.key)
+        balancer = self._balancer
+        balancer.stats.released(attempt.backend.key)
+        if balancer.hooks:
+            what = None if error is None else type(error).__name__
+            self._finished(attempt, "abandoned", None, what, balancer.clock())
 
-    def _trip(self, attempt: Attempt, what: str) -> None:
+    def _trip(self, attempt: Attempt, what: str, status: int | None) -> None:
         balancer = self._balancer
         policy = balancer.policy
         backend = attempt.backend
         balancer.stats.failed(backend.key, what, balancer.wall_clock())
+        now = balancer.clock()
         tripped = balancer.store.trip(
             backend.key,
             attempt.started,
-            balancer.clock(),
+            now,
             lambda failures: min(policy.breaker_base * 2.0 ** min(failures - 1, 64), policy.breaker_max),
         )
+        if balancer.hooks:
+            self._finished(attempt, "failure", status, None if status is not None else what, now)
         if tripped is None:
             log.info("%s failed (%s), sent before its last trip: failing over", backend.name, what)
             return
@@ -263,6 +303,26 @@ class Call:
             failures,
             seconds,
         )
+        if balancer.hooks:
+            emit(balancer.hooks, BackendCooled(backend.name, backend.key, None, "failing", seconds, None, failures))
+
+    def _finished(self, attempt: Attempt, outcome: Outcome, status: int | None, error: str | None, now: float) -> None:
+        backend = attempt.backend
+        event = AttemptFinished(
+            backend.name, backend.key, attempt.deployment, attempt.number, outcome, status, error, now - attempt.started
+        )
+        emit(self._balancer.hooks, event)
+
+    def _cooled(self, attempt: Attempt, reason: Reason, seconds: float, source: str | None, now: float) -> None:
+        """A deployment cooldown (429 or DeploymentNotFound): the attempt's end, then the cooldown it caused."""
+        hooks = self._balancer.hooks
+        if hooks:
+            if reason == "rate_limited":
+                self._finished(attempt, "rate_limited", 429, None, now)
+            else:
+                self._finished(attempt, "deployment_missing", 404, None, now)
+            backend = attempt.backend
+            emit(hooks, BackendCooled(backend.name, backend.key, attempt.deployment, reason, seconds, source, 0))
 
     def _answer(self, now: float) -> Answer:
         balancer = self._balancer
@@ -294,6 +354,8 @@ class Call:
             f"recovers in {wait:.3f} s. Please retry after {seconds} seconds."
         )
         log.info("every backend for %s is cooling: answering 429, retry after %.3f s", what, wait)
+        if balancer.hooks:
+            emit(balancer.hooks, AllBackendsCooling(self.deployment, wait, soonest_name))
         return Answer(429, tuple(headers), _error_body("429", message))
 
     def _not_found(self) -> Answer:

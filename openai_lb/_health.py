@@ -71,8 +71,9 @@ class HealthStore(Protocol):
         """
         ...
 
-    def count_success(self, key: str) -> None:
-        """Reset the consecutive failures of the backend."""
+    def count_success(self, key: str, deployment: str, now: float) -> bool:
+        """Reset the backend's consecutive failures and forget its blocks that ended by ``now`` (of
+        the backend and of ``deployment``); True when there was something to forget: a recovery."""
         ...
 
     def clear(self) -> None:
@@ -136,11 +137,21 @@ class InMemoryHealthStore:
                 self._blocks[slot] = (now + seconds, "failing")
             return count, seconds
 
-    def count_success(self, key: str) -> None:
+    def count_success(self, key: str, deployment: str, now: float) -> bool:
+        blocks = self._blocks
+        own, wide = (key, deployment), (key, BACKEND_WIDE)
         # The lock-free check keeps the common path (nothing to reset) free of contention.
-        if self._failures.get(key):
-            with self._lock:
-                self._failures.pop(key, None)
+        if not (self._failures.get(key) or own in blocks or wide in blocks):
+            return False
+        with self._lock:
+            recovered = self._failures.pop(key, 0) > 0
+            for slot in (own, wide):
+                found = blocks.get(slot)
+                # A block still running was set by a concurrent attempt's answer: it stands.
+                if found is not None and found[0] <= now:
+                    del blocks[slot]
+                    recovered = True
+            return recovered
 
     def snapshot(self, key: str, now: float) -> BackendHealth:
         open_until = None

@@ -8,15 +8,16 @@ made before and after, and the SDK's internal checks keep working.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
 import openai
 import openai.lib.azure as sdk_azure
 
-from ._clients import BACKEND_CREDENTIALS_ONLY, OWNED_MARK, AsyncAzureOpenAI, AzureOpenAI
+from ._clients import BACKEND_CREDENTIALS_ONLY, OWNED_MARK, AsyncAzureOpenAI, AzureOpenAI, Balancing
 from ._config import Backend, Policy, validate_backends
+from ._events import EventHook, hooks_from
 from ._health import HealthStore
 from ._loading import backends_from_env
 
@@ -65,16 +66,19 @@ def patch(
     *,
     policy: Policy | None = None,
     health_store: HealthStore | None = None,
+    on_event: EventHook | Iterable[EventHook] | None = None,
 ) -> Patch:
     """Make ``openai.AzureOpenAI``, ``openai.AsyncAzureOpenAI`` and the module-level Azure client balance.
 
     Call it at start-up; code that reads the SDK's names afterwards gets balancing clients,
     whatever endpoint it passes. With ``backends=None`` they come from ``$OPENAI_LB_BACKENDS``
-    (a JSON list, or the path of a TOML or JSON file). Calling it again replaces the backends. Clients given their own
-    ``http_client`` are left as they are.
+    (a JSON list, or the path of a TOML or JSON file). Calling it again replaces the backends.
+    ``policy``, ``health_store`` and ``on_event`` apply to every client that does not pass its own.
+    Clients given their own ``http_client`` are left as they are.
     """
+    hooks = hooks_from(on_event)
     checked = validate_backends(backends if backends is not None else backends_from_env())
-    defaults = (checked, policy, health_store)
+    defaults = Balancing(checked, policy, health_store, hooks)
     with _lock:
         if not _originals:
             _originals.update({name: getattr(openai, name) for name in _NAMES})

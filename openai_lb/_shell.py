@@ -10,12 +10,13 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from ._config import Backend, Policy, header_safe
 from ._core import Answer, Attempt, Balancer, Call, Clock
 from ._errors import ConfigurationError
+from ._events import EventHook
 from ._health import HealthStore
 from ._rewrite import RequestTemplate
 
@@ -69,7 +70,8 @@ class BalancingShell:
     all backends); pass ``transport=`` / ``async_transport=`` to put your own underneath,
     e.g. a proxy or a ``MockTransport``. A transport given for one style that also serves
     the other (like ``MockTransport``) is used for both. The transport owns its inner
-    transports and closes them when it is closed.
+    transports and closes them when it is closed. ``on_event`` takes one hook or several
+    (see ``openai_lb.AttemptFinished`` and its siblings).
     """
 
     _http: ClassVar[Any]
@@ -90,8 +92,9 @@ class BalancingShell:
         clock: Clock | None = None,
         wall_clock: Clock | None = None,
         rng: Any = None,
+        on_event: EventHook | Iterable[EventHook] | None = None,
     ) -> None:
-        options: dict[str, Any] = {"policy": policy, "store": health_store, "rng": rng}
+        options: dict[str, Any] = {"policy": policy, "store": health_store, "rng": rng, "on_event": on_event}
         if clock is not None:
             options["clock"] = clock
         if wall_clock is not None:
@@ -173,7 +176,7 @@ class BalancingShell:
 
     def _sent_failed(self, call: Call, attempt: Attempt, error: BaseException) -> None:
         if isinstance(error, self._local_errors):
-            call.release(attempt)
+            call.release(attempt, error)
             raise error
         call.report_error(attempt, error)
 
@@ -190,14 +193,14 @@ class BalancingShell:
                 if inspect.isawaitable(token):
                     _refuse_awaitable(token, step.backend)
                 credential = _credential(step.backend, token)
-            except ConfigurationError:
-                call.release(step)
+            except ConfigurationError as error:
+                call.release(step, error)
                 raise
             except Exception as error:
                 self._token_failed(call, step, error)
                 continue
-            except BaseException:
-                call.release(step)
+            except BaseException as error:
+                call.release(step, error)
                 raise
             try:
                 response = inner.handle_request(self._build(request, template, step, credential))
@@ -206,8 +209,8 @@ class BalancingShell:
             except self._failover_errors as error:
                 self._sent_failed(call, step, error)
                 continue
-            except BaseException:
-                call.release(step)
+            except BaseException as error:
+                call.release(step, error)
                 raise
             if call.report(step, status, response.headers, body):
                 return self._deliver(response, step)
@@ -229,8 +232,8 @@ class BalancingShell:
             except Exception as error:
                 self._token_failed(call, step, error)
                 continue
-            except BaseException:  # a cancellation while awaiting the token
-                call.release(step)
+            except BaseException as error:  # a cancellation while awaiting the token
+                call.release(step, error)
                 raise
             try:
                 response = await inner.handle_async_request(self._build(request, template, step, credential))
@@ -239,8 +242,8 @@ class BalancingShell:
             except self._failover_errors as error:
                 self._sent_failed(call, step, error)
                 continue
-            except BaseException:  # cancellation included: the attempt is no longer in flight
-                call.release(step)
+            except BaseException as error:  # cancellation included: the attempt is no longer in flight
+                call.release(step, error)
                 raise
             if call.report(step, status, response.headers, body):
                 return self._deliver(response, step)

@@ -1,0 +1,156 @@
+"""Events: what the balancer did, as frozen data handed to ``on_event`` hooks.
+
+```python
+import logging
+from openai_lb import AttemptFinished, AzureOpenAI, BackendCooled
+
+def log_event(event):
+    if isinstance(event, (AttemptFinished, BackendCooled)):
+        logging.getLogger("my_app").info("%s", event)
+
+client = AzureOpenAI(backends=[...], on_event=log_event)  # or a list of hooks
+```
+
+Hooks run in the thread (or task) of the request, after the balancer has made its decision and
+outside its locks; they must be quick. A hook that raises is logged and ignored. Events name
+backends by name and URL and never carry a credential.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeAlias
+
+from ._errors import ConfigurationError
+from ._health import Reason
+
+__all__ = [
+    "AllBackendsCooling",
+    "AttemptFinished",
+    "AttemptStarted",
+    "BackendCooled",
+    "BackendRecovered",
+    "Event",
+    "EventHook",
+    "Outcome",
+    "emit",
+    "hooks_from",
+]
+
+log = logging.getLogger("openai_lb")
+
+Outcome = Literal["success", "client_error", "rate_limited", "deployment_missing", "failure", "skipped", "abandoned"]
+"""How an attempt ended.
+
+``success`` and ``client_error`` (a 4xx other than 429) are handed to the caller;
+``rate_limited`` (429), ``deployment_missing`` (404 DeploymentNotFound), ``failure`` (a failover
+status such as 5xx, or a connection error or timeout) and ``skipped`` (this client's credential
+for the backend could not be obtained) fail over to the next backend; ``abandoned`` means the
+attempt ended without a verdict on the backend: the request was cancelled or failed on this machine.
+"""
+
+FAILED_OVER: frozenset[Outcome] = frozenset({"rate_limited", "deployment_missing", "failure", "skipped"})
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptStarted:
+    """An attempt was chosen and is about to be sent."""
+
+    backend: str
+    url: str
+    deployment: str | None
+    """The deployment as the backend names it (after ``deployments=`` mapping); None if the request names none."""
+    number: int
+    """1 for the first attempt of a request, 2 for the first failover, ..."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFinished:
+    """An attempt ended; every ``AttemptStarted`` is followed by exactly one of these."""
+
+    backend: str
+    url: str
+    deployment: str | None
+    number: int
+    outcome: Outcome
+    status: int | None
+    """The HTTP status the backend answered; None when it did not answer."""
+    error: str | None
+    """What went wrong without an HTTP answer (an exception's type name); never its message."""
+    latency: float
+    """Seconds from choosing the backend to its response headers (or the error)."""
+
+    @property
+    def failed_over(self) -> bool:
+        """Whether the request moved on to another backend after this attempt."""
+        return self.outcome in FAILED_OVER
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCooled:
+    """A backend (``deployment`` None) or one of its deployments will not be tried for ``seconds``."""
+
+    backend: str
+    url: str
+    deployment: str | None
+    reason: Reason
+    """``rate_limited`` (429), ``missing`` (DeploymentNotFound) or ``failing`` (the circuit breaker)."""
+    seconds: float
+    source: str | None
+    """The header the duration came from (e.g. ``retry-after-ms``); None when openai_lb chose it."""
+    failures: int
+    """Consecutive failures that opened the circuit breaker; 0 for a deployment cooldown."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRecovered:
+    """A backend answered successfully for the first time since it (or ``deployment`` on it) cooled down."""
+
+    backend: str
+    url: str
+    deployment: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AllBackendsCooling:
+    """No backend can take a request now: the caller gets a 429 asking it to retry after ``retry_after``."""
+
+    deployment: str | None
+    """The deployment the request named (the caller's name); None if it named none."""
+    retry_after: float
+    soonest: str
+    """The backend that recovers first."""
+
+
+Event: TypeAlias = AttemptStarted | AttemptFinished | BackendCooled | BackendRecovered | AllBackendsCooling
+
+
+class EventHook(Protocol):
+    """Anything callable with one event. A hook may also define ``attach(balancer)``, called once
+    by each balancer that starts using it (the OpenTelemetry hook reads ``status()`` that way)."""
+
+    def __call__(self, event: Event, /) -> None: ...
+
+
+def hooks_from(on_event: EventHook | Iterable[EventHook] | None) -> tuple[EventHook, ...]:
+    """``on_event`` as a tuple of hooks, checked: one callable, several, or None."""
+    if on_event is None:
+        return ()
+    hooks = (on_event,) if callable(on_event) else tuple(on_event)
+    for hook in hooks:
+        if not callable(hook):
+            raise ConfigurationError(
+                f"on_event takes a callable or a list of callables (each called with one event), got {hook!r}."
+            )
+    return hooks
+
+
+def emit(hooks: tuple[EventHook, ...], event: Event) -> None:
+    """Call every hook; one that raises is logged with its traceback and never breaks the request."""
+    for hook in hooks:
+        try:
+            hook(event)
+        except Exception:
+            log.exception("on_event hook %r raised on %s; ignored", hook, type(event).__name__)
