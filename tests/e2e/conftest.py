@@ -58,6 +58,7 @@ def balanced(transport_cls: type[Any]) -> Iterator[ClientFactory]:
         clock: FakeClock | None = None,
         policy: Policy | None = None,
         store: InMemoryHealthStore | None = None,
+        on_event: Any = None,
         **kwargs: Any,
     ) -> Any:
         kwargs.setdefault("api_version", API_VERSION)
@@ -66,7 +67,7 @@ def balanced(transport_cls: type[Any]) -> Iterator[ClientFactory]:
         store = store if store is not None else InMemoryHealthStore()
         if clock is not None or LEGACY_HTTPX:
             timing = {"clock": clock, "wall_clock": clock.wall} if clock is not None else {}
-            transport = transport_cls(backends, policy=policy, health_store=store, **timing)
+            transport = transport_cls(backends, policy=policy, health_store=store, on_event=on_event, **timing)
             http = transport_cls._http
             kwargs.setdefault("azure_endpoint", "http://127.0.0.1:9")
             if is_async:
@@ -75,7 +76,7 @@ def balanced(transport_cls: type[Any]) -> Iterator[ClientFactory]:
                 client = openai.AzureOpenAI(http_client=http.Client(transport=transport), **kwargs)
         else:
             cls = openai_lb.AsyncAzureOpenAI if is_async else openai_lb.AzureOpenAI
-            client = cls(backends=backends, policy=policy, health_store=store, **kwargs)
+            client = cls(backends=backends, policy=policy, health_store=store, on_event=on_event, **kwargs)
         clients.append(client)
         return client
 
