@@ -52,3 +52,24 @@ header: str = openai_lb.BACKEND_HEADER
 balancer: openai_lb.Balancer | None = AzureOpenAI(backends=backends, api_key="k", api_version="v").balancer
 statuses: tuple[openai_lb.BackendStatus, ...] = balancer.status() if balancer is not None else ()
 state: openai_lb.BackendState = statuses[0].state if statuses else "available"
+
+
+def on_attempt(event: openai_lb.Event) -> None:
+    if isinstance(event, openai_lb.AttemptFinished) and event.failed_over:
+        outcome: openai_lb.Outcome = event.outcome
+        print(event.backend, outcome, event.status, event.latency)
+
+
+class CountCooldowns:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, event: openai_lb.Event) -> None:
+        if isinstance(event, openai_lb.BackendCooled):
+            self.count += 1
+
+
+hooked = AzureOpenAI(backends=backends, api_key="k", api_version="v", on_event=on_attempt)
+several = AsyncAzureOpenAI(backends=backends, api_key="k", api_version="v", on_event=[on_attempt, CountCooldowns()])
+hooked_transport = openai_lb.HTTPX2Transport(backends, on_event=on_attempt)
+openai_lb.patch(backends, on_event=[on_attempt])
