@@ -92,10 +92,12 @@ class InMemoryHealthStore:
     either the old or the new one. Writes that read-modify-write take the lock.
     """
 
-    __slots__ = ("_blocks", "_failures", "_lock", "_tripped_at")
+    __slots__ = ("_blocks", "_failures", "_lock", "_slots", "_tripped_at")
 
     def __init__(self) -> None:
         self._blocks: dict[tuple[str, str | None], tuple[float, Reason]] = {}
+        # Block entries per backend, so a success on a backend with none returns after two lookups.
+        self._slots: dict[str, int] = {}
         self._failures: dict[str, int] = {}
         self._tripped_at: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -121,7 +123,7 @@ class InMemoryHealthStore:
         with self._lock:
             current = self._blocks.get(slot)
             if current is None or current[0] < until:
-                self._blocks[slot] = (until, reason)
+                self._set(slot, current, (until, reason))
 
     def trip(self, key: str, started: float, now: float, cooldown: Callable[[int], float]) -> tuple[int, float] | None:
         with self._lock:
@@ -134,14 +136,19 @@ class InMemoryHealthStore:
             slot = (key, BACKEND_WIDE)
             current = self._blocks.get(slot)
             if current is None or current[0] < now + seconds:
-                self._blocks[slot] = (now + seconds, "failing")
+                self._set(slot, current, (now + seconds, "failing"))
             return count, seconds
+
+    def _set(self, slot: tuple[str, str | None], current: object, entry: tuple[float, Reason]) -> None:
+        if current is None:
+            self._slots[slot[0]] = self._slots.get(slot[0], 0) + 1
+        self._blocks[slot] = entry
 
     def count_success(self, key: str, deployment: str, now: float) -> bool:
         blocks = self._blocks
         own, wide = (key, deployment), (key, BACKEND_WIDE)
-        # The lock-free check keeps the common path (nothing to reset) free of contention.
-        if not (self._failures.get(key) or own in blocks or wide in blocks):
+        # Lock-free checks keep the common path (nothing to forget) cheap and free of contention.
+        if not self._failures.get(key) and not (self._slots.get(key) and (own in blocks or wide in blocks)):
             return False
         with self._lock:
             recovered = self._failures.pop(key, 0) > 0
@@ -150,6 +157,7 @@ class InMemoryHealthStore:
                 # A block still running was set by a concurrent attempt's answer: it stands.
                 if found is not None and found[0] <= now:
                     del blocks[slot]
+                    self._slots[key] -= 1
                     recovered = True
             return recovered
 
@@ -171,6 +179,7 @@ class InMemoryHealthStore:
     def clear(self) -> None:
         with self._lock:
             self._blocks.clear()
+            self._slots.clear()
             self._failures.clear()
             self._tripped_at.clear()
 

@@ -1,0 +1,91 @@
+"""InMemoryHealthStore: what a success forgets, and that its bookkeeping never drifts."""
+
+from __future__ import annotations
+
+import threading
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from openai_lb import InMemoryHealthStore
+
+KEY = "https://ptu.example.com"
+
+
+def test_a_success_forgets_ended_blocks_of_its_deployment_and_of_the_backend_only() -> None:
+    store = InMemoryHealthStore()
+    store.block(KEY, "gpt-4o", 10.0, "rate_limited")
+    store.block(KEY, "other", 10.0, "rate_limited")
+    store.trip(KEY, 0.0, 1.0, lambda _: 5.0)
+    assert store.count_success(KEY, "gpt-4o", 10.0), "breaker streak and gpt-4o block ended: a recovery"
+    assert not store.count_success(KEY, "gpt-4o", 10.0), "nothing left to forget"
+    health = store.snapshot(KEY, 9.0)
+    assert health.failures == 0
+    assert set(health.deployments) == {"other"}, "another deployment's block is its own business"
+    assert store.count_success(KEY, "other", 10.0)
+
+
+def test_a_success_during_a_running_block_leaves_it_in_place() -> None:
+    store = InMemoryHealthStore()
+    store.block(KEY, "gpt-4o", 30.0, "rate_limited")
+    assert not store.count_success(KEY, "gpt-4o", 5.0)
+    assert store.blocked(KEY, "gpt-4o", 5.0) == (30.0, "rate_limited")
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["block", "trip", "success", "clear"]),
+        st.sampled_from(["a", "b"]),
+        st.sampled_from(["gpt-4o", "mini", None]),
+        st.floats(min_value=0, max_value=100),
+    ),
+    max_size=60,
+)
+
+
+Op = tuple[str, str, str | None, float]
+
+
+@given(ops=operations)
+@settings(max_examples=300, deadline=None)
+def test_a_success_reports_a_recovery_exactly_when_something_ended(ops: list[Op]) -> None:
+    store = InMemoryHealthStore()
+    now = 0.0
+    for op, key, deployment, value in ops:
+        now += value / 10
+        if op == "block":
+            store.block(key, deployment, now + value, "rate_limited")
+        elif op == "trip":
+            store.trip(key, now, now, lambda _, seconds=value: seconds)
+        elif op == "clear":
+            store.clear()
+        else:
+            slot = deployment or ""
+            running, every = store.snapshot(key, now), store.snapshot(key, -1.0)  # -1: ended entries too
+            slot_ended = slot in every.deployments and slot not in running.deployments
+            backend_ended = every.open_until is not None and running.open_until is None
+            expected = running.failures > 0 or slot_ended or backend_ended
+            assert store.count_success(key, slot, now) == expected, (op, key, slot, now)
+        counted = store._slots  # the per-backend entry counts behind the lock-free check
+        entries = store._blocks
+        for owner in ("a", "b"):
+            assert counted.get(owner, 0) == sum(k == owner for k, _ in entries), (owner, counted, entries)
+
+
+def test_concurrent_successes_report_one_recovery() -> None:
+    store = InMemoryHealthStore()
+    store.trip(KEY, 0.0, 0.0, lambda _: 1.0)
+    store.block(KEY, "gpt-4o", 1.0, "rate_limited")
+    barrier = threading.Barrier(16)
+    results: list[bool] = []
+
+    def succeed() -> None:
+        barrier.wait()
+        results.append(store.count_success(KEY, "gpt-4o", 2.0))
+
+    threads = [threading.Thread(target=succeed) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(True) == 1, f"one recovery, told once: {results}"
