@@ -1,0 +1,292 @@
+"""OpenTelemetry metrics and span events for openai_lb, as an ``on_event`` hook.
+
+Needs the OpenTelemetry API: ``pip install "openai-lb[otel]"`` (and an SDK with an exporter to
+send the data somewhere). ``import openai_lb`` never imports OpenTelemetry; only this module does.
+
+```python
+from openai_lb import AzureOpenAI, Backend
+from openai_lb.otel import OpenTelemetryHook
+
+client = AzureOpenAI(
+    backends=[Backend("https://ptu-eastus.openai.azure.com", priority=1), ...],
+    on_event=OpenTelemetryHook(),  # the global meter provider; or OpenTelemetryHook(meter_provider=...)
+    api_key=...,
+    api_version="2024-10-21",
+)
+```
+
+Metrics (meter ``openai_lb``): ``openai_lb.attempts``, ``openai_lb.attempt.duration``,
+``openai_lb.active_attempts``, ``openai_lb.available_backends`` and ``openai_lb.cooldowns``.
+On the span around the SDK call, when it is recording: an ``openai_lb.attempt`` event per
+attempt, an ``openai_lb.all_backends_cooling`` event, and the attributes ``openai_lb.backend``
+(who answered) and ``openai_lb.failovers``. No attribute ever holds a credential: backends are
+named by their name and host.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+try:
+    from opentelemetry.metrics import (
+        CallbackOptions,
+        Histogram,
+        Meter,
+        MeterProvider,
+        Observation,
+        get_meter_provider,
+    )
+    from opentelemetry.trace import get_current_span
+except ImportError as error:  # pragma: no cover - exercised in a subprocess without the package
+    raise ImportError(
+        'openai_lb.otel needs the OpenTelemetry API, which is not installed: pip install "openai-lb[otel]"'
+    ) from error
+
+from ._events import (
+    AllBackendsCooling,
+    AttemptFinished,
+    AttemptStarted,
+    BackendCooled,
+    Event,
+)
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._core import Balancer
+
+__all__ = [
+    "ACTIVE_ATTEMPTS",
+    "ATTEMPTS",
+    "ATTEMPT_DURATION",
+    "AVAILABLE_BACKENDS",
+    "COOLDOWNS",
+    "DURATION_BUCKETS",
+    "OpenTelemetryHook",
+]
+
+ATTEMPTS = "openai_lb.attempts"
+ATTEMPT_DURATION = "openai_lb.attempt.duration"
+ACTIVE_ATTEMPTS = "openai_lb.active_attempts"
+AVAILABLE_BACKENDS = "openai_lb.available_backends"
+COOLDOWNS = "openai_lb.cooldowns"
+
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+"""Seconds; the bucket advice of the GenAI client operation duration: LLM calls take 10 ms to minutes."""
+
+_BACKEND = "openai_lb.backend"
+_DEPLOYMENT = "openai_lb.deployment"
+_OUTCOME = "openai_lb.outcome"
+_STATUS = "http.response.status_code"
+_ERROR = "error.type"
+
+# Attribute sets are built once per combination and shared; the SDK keeps references to them, so
+# they are never changed. Deployments come from callers, hence a bound (cleared, then rebuilt).
+_CACHE_SIZE = 4096
+
+_Attributes = Mapping[str, Any]
+
+_DELIVERED = frozenset({"success", "client_error"})
+_USABLE = frozenset({"available", "probing"})
+
+
+def _error_type(status: int | None, error: str | None) -> str | None:
+    # As HTTP client instrumentations do: a 4xx or 5xx answer is the error, named by its status code.
+    if status is not None:
+        return str(status) if status >= 400 else None
+    return error
+
+
+class OpenTelemetryHook:
+    """An ``on_event`` hook that records openai_lb's events as OpenTelemetry metrics and span events.
+
+    ``meter_provider`` defaults to the global one (a hook made before the application sets it
+    still reports there). One hook can serve many clients: pass it to each. It is thread-safe;
+    per attempt it makes four measurements, plus one span event when the span is recording.
+    ``available_backends`` reads ``status()`` of every balancer the hook is attached to at each
+    collection, counting each backend URL once.
+    """
+
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        provider = meter_provider if meter_provider is not None else get_meter_provider()
+        meter = provider.get_meter("openai_lb", __version__)
+        self._attempts = meter.create_counter(
+            ATTEMPTS, unit="{attempt}", description="Attempts sent to backends, by backend and outcome."
+        )
+        self._duration = _duration_histogram(meter)
+        self._active = meter.create_up_down_counter(
+            ACTIVE_ATTEMPTS, unit="{attempt}", description="Attempts sent and not yet answered."
+        )
+        self._cooldowns = meter.create_counter(
+            COOLDOWNS,
+            unit="{cooldown}",
+            description="Cooldowns of a backend (circuit breaker) or one of its deployments (429, missing).",
+        )
+        meter.create_observable_up_down_counter(
+            AVAILABLE_BACKENDS,
+            callbacks=[self._observe_available],
+            unit="{backend}",
+            description="1 for each backend that can take requests now (available or probing), 0 otherwise.",
+        )
+        self._lock = threading.Lock()
+        self._balancers: list[Callable[[], Balancer | None]] = []
+        self._places: dict[tuple[str, str, str | None], _Attributes] = {}
+        self._attempt_attributes: dict[tuple[Any, ...], _Attributes] = {}
+        self._cooldown_attributes: dict[tuple[Any, ...], _Attributes] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def attach(self, balancer: Balancer) -> None:
+        """Called by each balancer that uses this hook: its backends count in ``available_backends``."""
+        try:
+            ref: Callable[[], Balancer | None] = weakref.ref(balancer)
+        except TypeError:
+            # Without a weak reference slot the balancer is kept, with its backends, for the hook's life.
+            ref = _Strong(balancer)
+        with self._lock:
+            self._balancers = [r for r in self._balancers if r() is not None]
+            self._balancers.append(ref)
+
+    def __call__(self, event: Event, /) -> None:
+        if type(event) is AttemptFinished:
+            self._finished(event)
+        elif type(event) is AttemptStarted:
+            self._active.add(1, self._place(event.backend, event.url, event.deployment))
+        elif type(event) is BackendCooled:
+            self._cooled(event)
+        elif type(event) is AllBackendsCooling:
+            self._all_cooling(event)
+
+    # -- per event
+
+    def _finished(self, event: AttemptFinished) -> None:
+        key = (event.backend, event.url, event.deployment, event.outcome, event.status, event.error)
+        attributes = self._attempt_attributes.get(key)
+        if attributes is None:
+            attributes = self._remember(self._attempt_attributes, key, self._attempt_attributes_for(event))
+        self._attempts.add(1, attributes)
+        self._duration.record(event.latency, attributes)
+        self._active.add(-1, self._place(event.backend, event.url, event.deployment))
+        span = get_current_span()
+        if not span.is_recording():
+            return
+        details = dict(attributes)
+        details["openai_lb.attempt.number"] = event.number
+        details["openai_lb.attempt.latency"] = event.latency
+        span.add_event("openai_lb.attempt", details)
+        if event.outcome in _DELIVERED:
+            span.set_attributes({_BACKEND: event.backend, "openai_lb.failovers": event.number - 1})
+
+    def _cooled(self, event: BackendCooled) -> None:
+        key = (event.backend, event.url, event.deployment, event.reason, event.source)
+        attributes = self._cooldown_attributes.get(key)
+        if attributes is None:
+            built = dict(self._place(event.backend, event.url, event.deployment))
+            built["openai_lb.cooldown.reason"] = event.reason
+            if event.source is not None:
+                built["openai_lb.cooldown.source"] = event.source
+            attributes = self._remember(self._cooldown_attributes, key, built)
+        self._cooldowns.add(1, attributes)
+
+    def _all_cooling(self, event: AllBackendsCooling) -> None:
+        span = get_current_span()
+        if not span.is_recording():
+            return
+        details: dict[str, Any] = {
+            "openai_lb.retry_after": event.retry_after,
+            "openai_lb.soonest_backend": event.soonest,
+        }
+        if event.deployment is not None:
+            details[_DEPLOYMENT] = event.deployment
+        span.add_event("openai_lb.all_backends_cooling", details)
+
+    # -- attribute sets, built once
+
+    def _place(self, backend: str, url: str, deployment: str | None) -> _Attributes:
+        """Where an attempt went: backend name, host and (if any) deployment."""
+        key = (backend, url, deployment)
+        attributes = self._places.get(key)
+        if attributes is None:
+            built = dict(_backend_attributes(backend, url))
+            if deployment is not None:
+                built[_DEPLOYMENT] = deployment
+            attributes = self._remember(self._places, key, built)
+        return attributes
+
+    def _attempt_attributes_for(self, event: AttemptFinished) -> _Attributes:
+        built = dict(self._place(event.backend, event.url, event.deployment))
+        built[_OUTCOME] = event.outcome
+        if event.status is not None:
+            built[_STATUS] = event.status
+        error = _error_type(event.status, event.error)
+        if error is not None:
+            built[_ERROR] = error
+        return built
+
+    @staticmethod
+    def _remember(cache: dict[Any, _Attributes], key: Any, attributes: _Attributes) -> _Attributes:
+        # Two threads may build the same set at once; either result is right, so no lock is needed.
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        return cache.setdefault(key, attributes)
+
+    # -- available_backends, read at collection time
+
+    def _observe_available(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            self._balancers = [r for r in self._balancers if r() is not None]
+            refs = list(self._balancers)
+        available: dict[str, bool] = {}
+        names: dict[str, str] = {}
+        for ref in refs:
+            balancer = ref()
+            if balancer is None:
+                continue
+            for status in balancer.status():
+                up = status.state in _USABLE
+                available[status.url] = available.get(status.url, False) or up
+                names.setdefault(status.url, status.name)
+        return [Observation(1 if up else 0, _backend_attributes(names[url], url)) for url, up in available.items()]
+
+
+class _Strong:
+    """The shape of a weak reference, holding its object strongly."""
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target: Balancer) -> None:
+        self._target = target
+
+    def __call__(self) -> Balancer:
+        return self._target
+
+
+def _duration_histogram(meter: Meter) -> Histogram:
+    name, unit, description = ATTEMPT_DURATION, "s", "How long each attempt took, to the response headers or the error."
+    try:
+        return meter.create_histogram(
+            name, unit=unit, description=description, explicit_bucket_boundaries_advisory=DURATION_BUCKETS
+        )
+    except TypeError:  # the API before 1.30 has no bucket advice; the SDK's defaults (or a View) apply
+        return meter.create_histogram(name, unit=unit, description=description)
+
+
+_HOSTS: dict[tuple[str, str], Mapping[str, Any]] = {}
+
+
+def _backend_attributes(backend: str, url: str) -> Mapping[str, Any]:
+    """Backend name and ``server.address`` (the host of the backend's credential-free URL).
+
+    No ``server.port``: the backend name already tells backends apart, and every attribute
+    costs the SDK time on each measurement."""
+    key = (backend, url)
+    attributes = _HOSTS.get(key)
+    if attributes is None:
+        if len(_HOSTS) >= _CACHE_SIZE:
+            _HOSTS.clear()
+        attributes = _HOSTS.setdefault(key, {_BACKEND: backend, "server.address": urlsplit(url).hostname or ""})
+    return attributes
