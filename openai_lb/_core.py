@@ -70,6 +70,7 @@ class Balancer:
     """
 
     __slots__ = (
+        "__weakref__",  # hooks that read status() (OpenTelemetry) hold balancers weakly
         "_by_priority",
         "backends",
         "client_wait_limit",

@@ -15,8 +15,9 @@ client = AzureOpenAI(
 )
 ```
 
-Metrics (meter ``openai_lb``): ``openai_lb.attempts``, ``openai_lb.attempt.duration``,
-``openai_lb.active_attempts``, ``openai_lb.available_backends`` and ``openai_lb.cooldowns``.
+Metrics (meter ``openai_lb``): ``openai_lb.attempt.duration`` (its count is the attempts by
+backend and outcome), ``openai_lb.active_attempts``, ``openai_lb.available_backends`` and
+``openai_lb.cooldowns``.
 On the span around the SDK call, when it is recording: an ``openai_lb.attempt`` event per
 attempt, an ``openai_lb.all_backends_cooling`` event, and the attributes ``openai_lb.backend``
 (who answered) and ``openai_lb.failovers``. No attribute ever holds a credential: backends are
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -46,21 +47,15 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess wit
         'openai_lb.otel needs the OpenTelemetry API, which is not installed: pip install "openai-lb[otel]"'
     ) from error
 
-from ._events import (
-    AllBackendsCooling,
-    AttemptFinished,
-    AttemptStarted,
-    BackendCooled,
-    Event,
-)
+from ._events import AllBackendsCooling, AttemptFinished, BackendCooled, Event
 from ._version import __version__
 
 if TYPE_CHECKING:
     from ._core import Balancer
+    from ._status import BackendStatus
 
 __all__ = [
     "ACTIVE_ATTEMPTS",
-    "ATTEMPTS",
     "ATTEMPT_DURATION",
     "AVAILABLE_BACKENDS",
     "COOLDOWNS",
@@ -68,7 +63,6 @@ __all__ = [
     "OpenTelemetryHook",
 ]
 
-ATTEMPTS = "openai_lb.attempts"
 ATTEMPT_DURATION = "openai_lb.attempt.duration"
 ACTIVE_ATTEMPTS = "openai_lb.active_attempts"
 AVAILABLE_BACKENDS = "openai_lb.available_backends"
@@ -104,21 +98,22 @@ class OpenTelemetryHook:
     """An ``on_event`` hook that records openai_lb's events as OpenTelemetry metrics and span events.
 
     ``meter_provider`` defaults to the global one (a hook made before the application sets it
-    still reports there). One hook can serve many clients: pass it to each. It is thread-safe;
-    per attempt it makes four measurements, plus one span event when the span is recording.
-    ``available_backends`` reads ``status()`` of every balancer the hook is attached to at each
-    collection, counting each backend URL once.
+    still reports there). One hook can serve many clients: pass it to each. It is thread-safe.
+    Per attempt it records one measurement (the duration histogram, whose count is the attempt
+    count, as HTTP client metrics do), plus one span event when the span is recording.
+    ``active_attempts`` and ``available_backends`` are read from ``status()`` of every balancer
+    the hook is attached to (held weakly) at each collection, counting each backend URL once.
     """
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         provider = meter_provider if meter_provider is not None else get_meter_provider()
         meter = provider.get_meter("openai_lb", __version__)
-        self._attempts = meter.create_counter(
-            ATTEMPTS, unit="{attempt}", description="Attempts sent to backends, by backend and outcome."
-        )
         self._duration = _duration_histogram(meter)
-        self._active = meter.create_up_down_counter(
-            ACTIVE_ATTEMPTS, unit="{attempt}", description="Attempts sent and not yet answered."
+        meter.create_observable_up_down_counter(
+            ACTIVE_ATTEMPTS,
+            callbacks=[self._observe_active],
+            unit="{attempt}",
+            description="Attempts sent to each backend and not yet answered.",
         )
         self._cooldowns = meter.create_counter(
             COOLDOWNS,
@@ -132,7 +127,7 @@ class OpenTelemetryHook:
             description="1 for each backend that can take requests now (available or probing), 0 otherwise.",
         )
         self._lock = threading.Lock()
-        self._balancers: list[Callable[[], Balancer | None]] = []
+        self._balancers: list[weakref.ref[Balancer]] = []
         self._places: dict[tuple[str, str, str | None], _Attributes] = {}
         self._attempt_attributes: dict[tuple[Any, ...], _Attributes] = {}
         self._cooldown_attributes: dict[tuple[Any, ...], _Attributes] = {}
@@ -142,20 +137,13 @@ class OpenTelemetryHook:
 
     def attach(self, balancer: Balancer) -> None:
         """Called by each balancer that uses this hook: its backends count in ``available_backends``."""
-        try:
-            ref: Callable[[], Balancer | None] = weakref.ref(balancer)
-        except TypeError:
-            # Without a weak reference slot the balancer is kept, with its backends, for the hook's life.
-            ref = _Strong(balancer)
         with self._lock:
             self._balancers = [r for r in self._balancers if r() is not None]
-            self._balancers.append(ref)
+            self._balancers.append(weakref.ref(balancer))
 
     def __call__(self, event: Event, /) -> None:
         if type(event) is AttemptFinished:
             self._finished(event)
-        elif type(event) is AttemptStarted:
-            self._active.add(1, self._place(event.backend, event.url, event.deployment))
         elif type(event) is BackendCooled:
             self._cooled(event)
         elif type(event) is AllBackendsCooling:
@@ -168,9 +156,7 @@ class OpenTelemetryHook:
         attributes = self._attempt_attributes.get(key)
         if attributes is None:
             attributes = self._remember(self._attempt_attributes, key, self._attempt_attributes_for(event))
-        self._attempts.add(1, attributes)
         self._duration.record(event.latency, attributes)
-        self._active.add(-1, self._place(event.backend, event.url, event.deployment))
         span = get_current_span()
         if not span.is_recording():
             return
@@ -234,35 +220,31 @@ class OpenTelemetryHook:
             cache.clear()
         return cache.setdefault(key, attributes)
 
-    # -- available_backends, read at collection time
+    # -- read from status() at collection time
 
-    def _observe_available(self, options: CallbackOptions) -> Iterable[Observation]:
+    def _statuses(self) -> list[BackendStatus]:
         with self._lock:
             self._balancers = [r for r in self._balancers if r() is not None]
             refs = list(self._balancers)
+        return [status for ref in refs if (balancer := ref()) is not None for status in balancer.status()]
+
+    def _observe_available(self, options: CallbackOptions) -> Iterable[Observation]:
         available: dict[str, bool] = {}
         names: dict[str, str] = {}
-        for ref in refs:
-            balancer = ref()
-            if balancer is None:
-                continue
-            for status in balancer.status():
-                up = status.state in _USABLE
-                available[status.url] = available.get(status.url, False) or up
-                names.setdefault(status.url, status.name)
+        for status in self._statuses():
+            up = status.state in _USABLE
+            available[status.url] = available.get(status.url, False) or up
+            names.setdefault(status.url, status.name)
         return [Observation(1 if up else 0, _backend_attributes(names[url], url)) for url, up in available.items()]
 
-
-class _Strong:
-    """The shape of a weak reference, holding its object strongly."""
-
-    __slots__ = ("_target",)
-
-    def __init__(self, target: Balancer) -> None:
-        self._target = target
-
-    def __call__(self) -> Balancer:
-        return self._target
+    def _observe_active(self, options: CallbackOptions) -> Iterable[Observation]:
+        # Counters are per balancer: clients sharing a backend add up.
+        active: dict[str, int] = {}
+        names: dict[str, str] = {}
+        for status in self._statuses():
+            active[status.url] = active.get(status.url, 0) + status.in_flight
+            names.setdefault(status.url, status.name)
+        return [Observation(count, _backend_attributes(names[url], url)) for url, count in active.items()]
 
 
 def _duration_histogram(meter: Meter) -> Histogram:
