@@ -166,7 +166,8 @@ class FakeAzureOpenAI(_StartStop):
 
     A request goes through: path prefix (404 ``"404"``), then the next scripted action
     if any, then key or token (401), route (404 ``"404"``), JSON body (400), deployment
-    (404 ``DeploymentNotFound``), budget (429) and finally the normal answer.
+    (404 ``DeploymentNotFound``), the request's fields (400 ``BadRequest``, e.g. a chat
+    completion without ``messages``), budget (429) and finally the normal answer.
 
     Args:
         name: Told back in the ``x-fake-server`` header and in every assistant text.
@@ -719,7 +720,14 @@ class _Handler(BaseHTTPRequestHandler):
         content = f"{self.fake.name}:{deployment}"
         stream = stream or payload.get("stream") is True
         if route.kind == "chat":
-            prompt_tokens = payloads.estimate_tokens(payload.get("messages", ""))
+            messages = payload.get("messages")
+            if messages is None:
+                # Azure validates the body only after the key and the deployment, so a body of {}
+                # is a free probe: 404 DeploymentNotFound when the deployment is missing, else this 400.
+                raise payloads.BadRequest("Missing required parameter: 'messages'.")
+            if not isinstance(messages, list):
+                raise payloads.BadRequest("Invalid type for 'messages': expected an array.")
+            prompt_tokens = payloads.estimate_tokens(messages)
             if stream:
                 options = payload.get("stream_options")
                 include_usage = isinstance(options, dict) and options.get("include_usage") is True

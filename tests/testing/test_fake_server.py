@@ -293,6 +293,34 @@ def test_unknown_routes_are_resource_not_found(server: FakeAzureOpenAI) -> None:
         assert answer.json()["error"]["message"] == "Resource not found"
 
 
+def test_chat_without_messages_is_a_bad_request_checked_after_key_and_deployment() -> None:
+    def probe(server: FakeAzureOpenAI, key: str, deployment: str) -> RawAnswer:
+        return raw_request(
+            server.url,
+            "POST",
+            f"/openai/deployments/{deployment}/chat/completions?api-version={API_VERSION}",
+            body=b"{}",
+            headers={"api-key": key, "content-type": "application/json"},
+        )
+
+    with FakeAzureOpenAI(name="ptu", deployments={"gpt-4o"}, api_keys={"k1"}, budget=1) as server:
+        wrong_key = probe(server, "wrong", "missing")
+        missing = probe(server, "k1", "missing")
+        hosted = probe(server, "k1", "gpt-4o")
+        not_a_list = raw_request(server.url, "POST", CHAT_PATH, body=b'{"messages": "hi"}', headers={"api-key": "k1"})
+        after = post_chat(server.url)
+
+    assert wrong_key.status == 401, "the key is checked first"
+    assert missing.status == 404
+    assert missing.json()["error"]["code"] == "DeploymentNotFound", "then the deployment"
+    assert hosted.status == 400, hosted.body
+    assert hosted.json()["error"]["code"] == "BadRequest"
+    assert "'messages'" in hosted.json()["error"]["message"], "the message names the missing field"
+    assert not_a_list.status == 400
+    assert after.status == 200, "refused bodies spend no budget"
+    assert server.served == 1
+
+
 def test_every_answer_carries_server_name_type_and_length(server: FakeAzureOpenAI) -> None:
     server.script(Reply(503))
     answers = [post_chat(server.url), post_chat(server.url), post_chat(server.url, key="bad")]

@@ -1,0 +1,313 @@
+"""The ``openai-lb`` commands, built on typer and rich (the ``cli`` extra).
+
+Only ``__main__`` imports this module, so ``import openai_lb`` never loads typer, click or rich.
+Each command renders for a terminal with rich (a live table, a results table) and as plain
+lines otherwise, from the same results: `run_demo` and `check_backends` do the work.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from ._check import DEFAULT_API_VERSION, BackendCheck, CheckReport, DeploymentCheck, check_backends
+from ._demo import DemoResult, DemoSettings, DemoStep, PlainView, intro, run_demo, step_line
+from ._errors import ConfigurationError
+from ._loading import load_backends
+from ._status import BackendStatus
+
+__all__ = ["app", "run"]
+
+app = typer.Typer(
+    name="openai-lb",
+    help="openai_lb: priority and failover load balancing across Azure OpenAI deployments.",
+    add_completion=False,
+    no_args_is_help=True,
+    # A traceback's locals could hold an api key.
+    pretty_exceptions_show_locals=False,
+)
+
+_DEMO = DemoSettings()
+_STATE_STYLES = {"available": "green", "cooling": "yellow", "probing": "cyan", "circuit_open": "red"}
+
+
+def run(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return its exit status.
+
+    ``console`` replaces the terminal (tests give one writing to a string).
+    """
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=None if argv is None else list(argv), prog_name="openai-lb", obj=console)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+    return 0  # pragma: no cover - standalone click commands always exit
+
+
+def _console(ctx: typer.Context) -> Console:
+    given = ctx.obj
+    return given if isinstance(given, Console) else Console()
+
+
+def _plain(console: Console) -> PlainView:
+    # console.file is read at each call: stdout as it is then (pytest swaps it), or the injected file.
+    return PlainView(lambda line: print(line, file=console.file))
+
+
+def _seconds(*, allow_zero: bool) -> Callable[[float], float]:
+    """An option callback accepting finite seconds, > 0 or >= 0."""
+
+    def check(value: float) -> float:
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise typer.BadParameter(f"must be a finite number of seconds {'>= 0' if allow_zero else '> 0'}.")
+        return value
+
+    return check
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    requests: Annotated[int, typer.Option(min=1, help="How many requests to send.")] = _DEMO.requests,
+    interval: Annotated[
+        float, typer.Option(callback=_seconds(allow_zero=True), help="Seconds between requests.")
+    ] = _DEMO.interval,
+    budget: Annotated[int, typer.Option(min=1, help="PTU requests per window.")] = _DEMO.budget,
+    window: Annotated[
+        float, typer.Option(callback=_seconds(allow_zero=False), help="PTU window in seconds.")
+    ] = _DEMO.window,
+) -> None:
+    """Offline demo on fake Azure OpenAI servers on 127.0.0.1: PTU first, spill over, return."""
+    settings = DemoSettings(requests, interval, budget, window)
+    console = _console(ctx)
+    result = live_demo(settings, console) if console.is_terminal else run_demo(settings, _plain(console))
+    raise typer.Exit(0 if result.ok else 1)
+
+
+class LiveDemoView:
+    """The demo as one table that `rich.live.Live` redraws: progress, and per backend what it served and its state.
+
+    The live display also renders from its own thread, so every field is replaced whole, never changed in place.
+    """
+
+    def __init__(self, refresh: Callable[[], None] = lambda: None) -> None:
+        self._refresh = refresh
+        self.settings = _DEMO
+        self.status: tuple[BackendStatus, ...] = ()
+        self.step: DemoStep | None = None
+        self.recent: tuple[str, ...] = ()
+
+    def started(self, settings: DemoSettings, status: tuple[BackendStatus, ...]) -> None:
+        self.settings, self.status = settings, status
+        self._refresh()
+
+    def stepped(self, step: DemoStep) -> None:
+        self.step, self.status = step, step.status
+        self.recent = (*self.recent[-4:], step_line(step))
+        # Every request is drawn, so a short cooldown shows even between two timed refreshes.
+        self._refresh()
+
+    def finished(self, result: DemoResult) -> None:
+        self._refresh()
+
+    def __rich__(self) -> RenderableType:
+        step, settings = self.step, self.settings
+        done = step.number if step else 0
+        progress = Table.grid(padding=(0, 1))
+        progress.add_row(
+            ProgressBar(total=settings.requests, completed=done, width=40),
+            Text(f"{done}/{settings.requests} requests, {step.elapsed if step else 0:.2f} s"),
+        )
+        # The state column keeps its width so the table does not jump as cooldowns come and go.
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        table.add_column("backend", no_wrap=True)
+        table.add_column("prio", justify="right")
+        table.add_column("state", min_width=20, no_wrap=True)
+        # served: answers it gave the demo; sent: attempts; ok: answers below 400; 429: rate limited.
+        for column in ("served", "sent", "ok", "429", "failed"):
+            table.add_column(column, justify="right")
+        served = step.served if step else {}
+        for status in self.status:
+            table.add_row(
+                Text(status.name, style="bold" if step and step.backend == status.name else ""),
+                str(status.priority),
+                _state_text(status),
+                str(served.get(status.name, 0)),
+                str(status.attempts),
+                str(status.successes),
+                str(status.rate_limited),
+                str(status.failures),
+            )
+        recent = Text("\n".join(self.recent), style="dim")
+        return Group(Text(intro(settings)), progress, table, recent)
+
+
+def _state_text(status: BackendStatus) -> Text:
+    text = Text(status.state, style=_STATE_STYLES.get(status.state, ""))
+    waits = [f"{status.seconds_until_available:.1f} s"] if status.seconds_until_available > 0 else []
+    waits += [f"{c.deployment or '(no deployment)'} {c.seconds_left:.1f} s" for c in status.deployments]
+    if waits:
+        text.append(f" ({', '.join(waits)})")
+    return text
+
+
+def live_demo(settings: DemoSettings, console: Console) -> DemoResult:
+    """Run the demo under a live table on ``console``, then print the summary below it."""
+    live = Live(console=console, refresh_per_second=10)
+    view = LiveDemoView(live.refresh)
+    live.update(view)
+    with live:
+        result = run_demo(settings, view)
+    console.print(Text(result.summary()))
+    return result
+
+
+# -- check --------------------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    config: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CONFIG", help="Backends file (.toml or .json), as for openai_lb.load_backends.", show_default=False
+        ),
+    ],
+    deployment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--deployment",
+            "-d",
+            metavar="NAME",
+            help="A deployment (model) name callers use, checked on every backend through its mapping; repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    api_version: Annotated[
+        str, typer.Option(envvar="OPENAI_API_VERSION", help="Azure OpenAI api-version of the probes.")
+    ] = DEFAULT_API_VERSION,
+    timeout: Annotated[
+        float, typer.Option(callback=_seconds(allow_zero=False), help="Seconds each probe may take.")
+    ] = 10.0,
+) -> None:
+    """Probe every backend without spending tokens: reachable, credential accepted, deployments present.
+
+    A backend uses its own key (api_key_env in the file), else $AZURE_OPENAI_API_KEY.
+    Exit status 0 when all is well, 1 when a backend has a problem, 2 when the file is wrong.
+    """
+    try:
+        backends = load_backends(config)
+    except ConfigurationError as error:
+        typer.echo(f"openai-lb check: {error}", err=True)
+        raise typer.Exit(2) from None
+    console = _console(ctx)
+    probe = functools.partial(
+        check_backends, backends, api_version=api_version, deployments=deployment or (), timeout=timeout
+    )
+    if console.is_terminal:
+        # Text, not str: rich would read brackets in a path or a name as markup.
+        with console.status(Text(f"Probing {len(backends)} backend(s) from {config}...")):
+            report = probe()
+        console.print(check_table(report, str(config)))
+        console.print(Text(_summary(report)))
+    else:
+        report = probe()
+        for line in check_lines(report, str(config)):
+            print(line, file=console.file)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One backend's results in words, shared by the plain lines and the table."""
+
+    healthy: bool
+    """Reachable and the credential accepted (the deployments tell their own)."""
+    reach: str
+    latency: str
+    credential: str
+    """Accepted, rejected, not tried or not confirmed, and where it came from; or how to give one."""
+    note: str
+    deployments: tuple[tuple[str, str], ...]
+    """(OK, FAIL or SKIP, what was found) per deployment."""
+
+
+def _row(backend: BackendCheck) -> _Row:
+    source = backend.credential
+    if source is None:
+        reach, credential = "not probed", backend.problem or "no credential"
+    elif not backend.reachable:
+        reach, credential = backend.problem or "unreachable", f"not tried ({source})"
+    else:
+        reach = "reachable"
+        verdict = {True: "accepted", False: "rejected", None: "not confirmed"}[backend.credential_accepted]
+        status = f", HTTP {backend.status}" if backend.credential_accepted is False else ""
+        credential = f"{verdict} ({source}{status})"
+    note = backend.problem if backend.reachable and backend.credential_accepted is None else None
+    latency = "" if backend.latency_ms is None else f"{backend.latency_ms:.0f} ms"
+    deployments = tuple(
+        ("OK" if found.exists else "SKIP" if found.verdict == "not checked" else "FAIL", _deployment(found))
+        for found in backend.deployments
+    )
+    healthy = bool(backend.reachable and backend.credential_accepted)
+    return _Row(healthy, reach, latency, credential, note or "", deployments)
+
+
+def _deployment(found: DeploymentCheck) -> str:
+    name = found.name if found.requested is None else f"{found.name} (for {found.requested})"
+    return f"{name} {found.verdict} ({found.detail})"
+
+
+def _summary(report: CheckReport) -> str:
+    passed = sum(backend.ok for backend in report.backends)
+    return f"{passed} of {len(report.backends)} backends passed (api-version {report.api_version})."
+
+
+def check_lines(report: CheckReport, source: str) -> list[str]:
+    """Plain lines, one per backend and one per deployment, each starting with OK, FAIL or SKIP and the backend."""
+    lines = [f"openai-lb check: {len(report.backends)} backend(s) from {source}, api-version {report.api_version}"]
+    for backend in report.backends:
+        row = _row(backend)
+        credential = row.credential if backend.credential is None else f"credential {row.credential}"
+        facts = ", ".join(fact for fact in (row.reach, row.latency, credential, row.note) if fact)
+        lines.append(f"{'OK' if row.healthy else 'FAIL':<5} {backend.name} ({backend.url}): {facts}")
+        lines.extend(f"{mark:<5} {backend.name}: deployment {text}" for mark, text in row.deployments)
+    lines.append(_summary(report))
+    return lines
+
+
+def check_table(report: CheckReport, source: str) -> Table:
+    """The same facts as `check_lines`, one row per backend."""
+    title = Text(f"openai-lb check: {source}, api-version {report.api_version}")
+    table = Table(title=title, title_justify="left")
+    for column in ("backend", "reachable", "latency", "credential", "deployments", "result"):
+        table.add_column(column, justify="right" if column == "latency" else "left")
+    styles = {"OK": "green", "FAIL": "red", "SKIP": "dim"}
+    for backend in report.backends:
+        row = _row(backend)
+        deployments = Text("\n").join(Text(text, style=styles[mark]) for mark, text in row.deployments)
+        table.add_row(
+            Text(f"{backend.name}\n{backend.url}"),
+            Text(row.reach, style="green" if backend.reachable else "red"),
+            row.latency,
+            Text("\n".join(filter(None, (row.credential, row.note))), style="green" if row.healthy else "red"),
+            deployments if row.deployments else Text("none named", style="dim"),
+            Text("OK", style="bold green") if backend.ok else Text("FAIL", style="bold red"),
+        )
+    return table
