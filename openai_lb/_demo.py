@@ -86,9 +86,13 @@ class DemoResult:
         shares = ", ".join(f"{name} {self.served.get(name, 0)}" for name in BACKENDS)
         return (
             f"{self.answered} of {self.requests} requests answered: {shares}.\n"
-            f"The PTU was asked {self.ptu_asked} times and answered 429 {self.ptu_rejected} times: "
+            f"The PTU was asked {_times(self.ptu_asked)} and answered 429 {_times(self.ptu_rejected)}: "
             f"openai_lb sent it nothing while it was cooling."
         )
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
 
 
 def intro(settings: DemoSettings) -> str:

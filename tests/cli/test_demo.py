@@ -86,3 +86,12 @@ def test_views_get_every_request_with_the_balancers_status() -> None:
     assert result.ok
     assert result.served == view.steps[-1].served
     assert sum(result.served.values()) == 6
+
+
+@pytest.mark.parametrize(
+    ("asked", "rejected", "said"),
+    [(6, 1, "asked 6 times and answered 429 once"), (1, 0, "asked once and answered 429 0 times")],
+)
+def test_the_summary_counts_in_words(asked: int, rejected: int, said: str) -> None:
+    result = DemoResult(requests=1, served={BACKENDS[0]: 1}, ptu_asked=asked, ptu_rejected=rejected)
+    assert said in result.summary(), result.summary()
