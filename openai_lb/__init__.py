@@ -35,7 +35,7 @@ from ._events import (
     EventHook,
     Outcome,
 )
-from ._health import HealthStore, InMemoryHealthStore, reset_state
+from ._health import HealthStore, InMemoryHealthStore, Reason, reset_state
 from ._loading import backends_from_json, load_backends
 from ._patch import Patch, is_patched, patch, unpatch
 from ._shell import BACKEND_HEADER
@@ -71,6 +71,7 @@ __all__ = [
     "Outcome",
     "Patch",
     "Policy",
+    "Reason",
     "TokenProvider",
     "__version__",
     "backends_from_json",

@@ -73,11 +73,16 @@ class Balancing(NamedTuple):
 def _balanced_kwargs(owner: type[Any], kwargs: dict[str, Any], given: Balancing, *, is_async: bool) -> dict[str, Any]:
     """The SDK constructor's kwargs with a balancing http client added (unless one is given)."""
     if kwargs.get("http_client") is not None:
-        if given.backends is not None:
+        named = [
+            f"{name}="
+            for name, value in zip(("backends", "policy", "health_store", "on_event"), given, strict=True)
+            if value is not None and value != ()
+        ]
+        if named:
             raise ConfigurationError(
-                f"{owner.__name__}: pass either backends= (openai_lb builds the http client) or http_client= "
-                f"(used as given, not balanced), not both. To combine them, build your client around "
-                f"openai_lb.{sdk_transport_class().__name__}(backends) and pass only http_client=."
+                f"{owner.__name__}: {', '.join(named)} would be ignored next to http_client= (used as given, not "
+                f"balanced). To combine them, build your client around openai_lb.{sdk_transport_class().__name__}"
+                f"(backends, ...) with those arguments, and pass only http_client=."
             )
         return kwargs
     backends, policy, health_store, on_event = given.over(owner._openai_lb_defaults)

@@ -201,9 +201,14 @@ class Call:
         self.attempts += 1
         deployment = chosen.deployment_for(self.deployment)
         log.debug("attempt %d: %s (deployment %s)", self.attempts, chosen.name, deployment)
+        attempt = Attempt(chosen, deployment, self.attempts, now)
         if balancer.hooks:
-            emit(balancer.hooks, AttemptStarted(chosen.name, chosen.key, deployment, self.attempts))
-        return Attempt(chosen, deployment, self.attempts, now)
+            try:
+                emit(balancer.hooks, AttemptStarted(chosen.name, chosen.key, deployment, self.attempts))
+            except BaseException as error:  # a hook's KeyboardInterrupt: the attempt never leaves
+                self.release(attempt, error)
+                raise
+        return attempt
 
     def _pick(self, candidates: list[Backend]) -> Backend:
         point = self._balancer.rng.random() * sum(b.weight for b in candidates)
@@ -252,24 +257,26 @@ class Call:
         recovered = balancer.store.count_success(backend.key, slot, now)
         balancer.stats.answered(backend.key, status)
         if recovered:
-            log.info("%s answered again after cooling down (deployment %s)", backend.name, attempt.deployment)
+            log.info("%s answered again after cooling down (%s)", backend.name, _recovered_names(recovered, attempt))
         if balancer.hooks:
             self._finished(attempt, "success" if status < 400 else "client_error", status, None, now)
-            if recovered:
-                emit(balancer.hooks, BackendRecovered(backend.name, backend.key, attempt.deployment))
+            # The deployment's own cooldown, then the whole backend's (None), each once.
+            for deployment in dict.fromkeys(attempt.deployment if name is not None else None for name in recovered):
+                emit(balancer.hooks, BackendRecovered(backend.name, backend.key, deployment))
         return True
 
     def report_error(self, attempt: Attempt, error: BaseException) -> None:
         """Learn from a transport error (connection refused or reset, timeout); always fails over."""
         self._trip(attempt, type(error).__name__, None)
 
-    def skip(self, attempt: Attempt, what: str) -> None:
-        """The attempt could not be sent for a reason of this client's (its credential): fail over
-        without telling the shared health store, which other clients of the backend rely on."""
+    def skip(self, attempt: Attempt, error: BaseException) -> None:
+        """The backend's token provider raised ``error``: fail over without telling the shared health
+        store, since other clients of the backend may hold good credentials."""
         balancer = self._balancer
-        balancer.stats.failed(attempt.backend.key, what, balancer.wall_clock())
+        name = type(error).__name__
+        balancer.stats.failed(attempt.backend.key, f"token provider: {name}", balancer.wall_clock())
         if balancer.hooks:
-            self._finished(attempt, "skipped", None, what, balancer.clock())
+            self._finished(attempt, "skipped", None, name, balancer.clock())
 
     def release(self, attempt: Attempt, error: BaseException | None = None) -> None:
         """The attempt ended without a verdict on the backend (this machine's error, a cancellation)."""
@@ -356,7 +363,7 @@ class Call:
         )
         log.info("every backend for %s is cooling: answering 429, retry after %.3f s", what, wait)
         if balancer.hooks:
-            emit(balancer.hooks, AllBackendsCooling(self.deployment, wait, soonest_name))
+            emit(balancer.hooks, AllBackendsCooling(self.deployment, wait, soonest_name, self.attempts))
         return Answer(429, tuple(headers), _error_body("429", message))
 
     def _not_found(self) -> Answer:
@@ -367,6 +374,10 @@ class Call:
         )
         log.info("no backend has deployment %s: answering 404", self.deployment)
         return Answer(404, (("content-type", "application/json"),), _error_body("DeploymentNotFound", message))
+
+
+def _recovered_names(recovered: tuple[str | None, ...], attempt: Attempt) -> str:
+    return ", ".join("the backend" if name is None else f"deployment {attempt.deployment}" for name in recovered)
 
 
 def _error_body(code: str, message: str) -> bytes:

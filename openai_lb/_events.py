@@ -78,13 +78,15 @@ class AttemptFinished:
     status: int | None
     """The HTTP status the backend answered; None when it did not answer."""
     error: str | None
-    """What went wrong without an HTTP answer (an exception's type name); never its message."""
+    """What went wrong without an HTTP answer: an exception's type name (for ``skipped``, the token
+    provider's), never its message."""
     latency: float
     """Seconds from choosing the backend to its response headers (or the error)."""
 
     @property
     def failed_over(self) -> bool:
-        """Whether the request moved on to another backend after this attempt."""
+        """Whether the request moved on from this backend: to the next one, or, with none left, to
+        the 429 that ``AllBackendsCooling`` announces."""
         return self.outcome in FAILED_OVER
 
 
@@ -122,6 +124,8 @@ class AllBackendsCooling:
     retry_after: float
     soonest: str
     """The backend that recovers first."""
+    attempts: int
+    """Attempts this request made before the answer (0 when every backend was cooling already)."""
 
 
 Event: TypeAlias = AttemptStarted | AttemptFinished | BackendCooled | BackendRecovered | AllBackendsCooling

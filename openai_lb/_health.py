@@ -71,9 +71,14 @@ class HealthStore(Protocol):
         """
         ...
 
-    def count_success(self, key: str, deployment: str, now: float) -> bool:
-        """Reset the backend's consecutive failures and forget its blocks that ended by ``now`` (of
-        the backend and of ``deployment``); True when there was something to forget: a recovery."""
+    def count_success(self, key: str, deployment: str, now: float) -> tuple[str | None, ...]:
+        """Reset the backend's consecutive failures and forget the blocks (of the backend and of
+        ``deployment``) that ended by ``now``.
+
+        Returns what recovered: ``deployment`` when its cooldown had ended, ``BACKEND_WIDE`` when
+        the backend's breaker had opened and is closed now; empty when nothing did. A block still
+        running stands (the success is of an attempt sent before it) and is no recovery yet.
+        """
         ...
 
     def clear(self) -> None:
@@ -144,22 +149,28 @@ class InMemoryHealthStore:
             self._slots[slot[0]] = self._slots.get(slot[0], 0) + 1
         self._blocks[slot] = entry
 
-    def count_success(self, key: str, deployment: str, now: float) -> bool:
+    def count_success(self, key: str, deployment: str, now: float) -> tuple[str | None, ...]:
         blocks = self._blocks
         own, wide = (key, deployment), (key, BACKEND_WIDE)
         # Lock-free checks keep the common path (nothing to forget) cheap and free of contention.
         if not self._failures.get(key) and not (self._slots.get(key) and (own in blocks or wide in blocks)):
-            return False
+            return ()
+        recovered: list[str | None] = []
         with self._lock:
-            recovered = self._failures.pop(key, 0) > 0
+            failing = self._failures.pop(key, 0) > 0
             for slot in (own, wide):
                 found = blocks.get(slot)
-                # A block still running was set by a concurrent attempt's answer: it stands.
-                if found is not None and found[0] <= now:
+                if found is None:
+                    continue
+                if found[0] <= now:
                     del blocks[slot]
                     self._slots[key] -= 1
-                    recovered = True
-            return recovered
+                    recovered.append(slot[1])
+                elif slot is wide:
+                    failing = False  # the breaker is still open: it recovers when a later success finds it closed
+            if failing and BACKEND_WIDE not in recovered:
+                recovered.append(BACKEND_WIDE)
+        return tuple(recovered)
 
     def snapshot(self, key: str, now: float) -> BackendHealth:
         open_until = None

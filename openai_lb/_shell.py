@@ -172,7 +172,7 @@ class BalancingShell:
         # credential problem of one client is not an outage of the backend. The exception's text may
         # quote what the provider was given; its type is enough to act on.
         log.warning("%s: azure_ad_token_provider failed (%s); failing over", attempt.backend.name, type(error).__name__)
-        call.skip(attempt, f"token provider: {type(error).__name__}")
+        call.skip(attempt, error)
 
     def _sent_failed(self, call: Call, attempt: Attempt, error: BaseException) -> None:
         if isinstance(error, self._local_errors):

@@ -76,6 +76,7 @@ _DEPLOYMENT = "openai_lb.deployment"
 _OUTCOME = "openai_lb.outcome"
 _STATUS = "http.response.status_code"
 _ERROR = "error.type"
+_FAILOVERS = "openai_lb.failovers"
 
 # Attribute sets are built once per combination and shared; the SDK keeps references to them, so
 # they are never changed. Deployments come from callers, hence a bound (cleared, then rebuilt).
@@ -84,7 +85,8 @@ _CACHE_SIZE = 4096
 _Attributes = Mapping[str, Any]
 
 _DELIVERED = frozenset({"success", "client_error"})
-_USABLE = frozenset({"available", "probing"})
+# A backend with a cooling deployment still serves the others; only an open circuit stops it.
+_USABLE = frozenset({"available", "cooling", "probing"})
 
 
 def _error_type(status: int | None, error: str | None) -> str | None:
@@ -102,32 +104,15 @@ class OpenTelemetryHook:
     Per attempt it records one measurement (the duration histogram, whose count is the attempt
     count, as HTTP client metrics do), plus one span event when the span is recording.
     ``active_attempts`` and ``available_backends`` are read from ``status()`` of every balancer
-    the hook is attached to (held weakly) at each collection, counting each backend URL once.
+    attached to a hook of the same meter provider (held weakly) at each collection, counting each
+    backend URL once; several hooks on one provider share their instruments.
     """
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         provider = meter_provider if meter_provider is not None else get_meter_provider()
-        meter = provider.get_meter("openai_lb", __version__)
-        self._duration = _duration_histogram(meter)
-        meter.create_observable_up_down_counter(
-            ACTIVE_ATTEMPTS,
-            callbacks=[self._observe_active],
-            unit="{attempt}",
-            description="Attempts sent to each backend and not yet answered.",
-        )
-        self._cooldowns = meter.create_counter(
-            COOLDOWNS,
-            unit="{cooldown}",
-            description="Cooldowns of a backend (circuit breaker) or one of its deployments (429, missing).",
-        )
-        meter.create_observable_up_down_counter(
-            AVAILABLE_BACKENDS,
-            callbacks=[self._observe_available],
-            unit="{backend}",
-            description="1 for each backend that can take requests now (available or probing), 0 otherwise.",
-        )
-        self._lock = threading.Lock()
-        self._balancers: list[weakref.ref[Balancer]] = []
+        self._instruments = _instruments_of(provider)
+        self._duration = self._instruments.duration
+        self._cooldowns = self._instruments.cooldowns
         self._places: dict[tuple[str, str, str | None], _Attributes] = {}
         self._attempt_attributes: dict[tuple[Any, ...], _Attributes] = {}
         self._cooldown_attributes: dict[tuple[Any, ...], _Attributes] = {}
@@ -137,9 +122,7 @@ class OpenTelemetryHook:
 
     def attach(self, balancer: Balancer) -> None:
         """Called by each balancer that uses this hook: its backends count in ``available_backends``."""
-        with self._lock:
-            self._balancers = [r for r in self._balancers if r() is not None]
-            self._balancers.append(weakref.ref(balancer))
+        self._instruments.attach(balancer)
 
     def __call__(self, event: Event, /) -> None:
         if type(event) is AttemptFinished:
@@ -165,7 +148,7 @@ class OpenTelemetryHook:
         details["openai_lb.attempt.latency"] = event.latency
         span.add_event("openai_lb.attempt", details)
         if event.outcome in _DELIVERED:
-            span.set_attributes({_BACKEND: event.backend, "openai_lb.failovers": event.number - 1})
+            span.set_attributes({_BACKEND: event.backend, _FAILOVERS: event.number - 1})
 
     def _cooled(self, event: BackendCooled) -> None:
         key = (event.backend, event.url, event.deployment, event.reason, event.source)
@@ -189,6 +172,8 @@ class OpenTelemetryHook:
         if event.deployment is not None:
             details[_DEPLOYMENT] = event.deployment
         span.add_event("openai_lb.all_backends_cooling", details)
+        # Every attempt of this request failed over; the SDK may retry it after retry_after.
+        span.set_attribute(_FAILOVERS, event.attempts)
 
     # -- attribute sets, built once
 
@@ -220,7 +205,37 @@ class OpenTelemetryHook:
             cache.clear()
         return cache.setdefault(key, attributes)
 
-    # -- read from status() at collection time
+
+class _Instruments:
+    """The instruments of one meter provider, made once and shared by every hook on it: the SDK
+    hands back an instrument already created, without registering a second hook's callbacks."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.duration = _duration_histogram(meter)
+        self.cooldowns = meter.create_counter(
+            COOLDOWNS,
+            unit="{cooldown}",
+            description="Cooldowns of a backend (circuit breaker) or one of its deployments (429, missing).",
+        )
+        meter.create_observable_up_down_counter(
+            ACTIVE_ATTEMPTS,
+            callbacks=[self._observe_active],
+            unit="{attempt}",
+            description="Attempts sent to each backend and not yet answered.",
+        )
+        meter.create_observable_up_down_counter(
+            AVAILABLE_BACKENDS,
+            callbacks=[self._observe_available],
+            unit="{backend}",
+            description="1 for each backend whose circuit is closed (some deployments may be cooling), else 0.",
+        )
+        self._lock = threading.Lock()
+        self._balancers: list[weakref.ref[Balancer]] = []
+
+    def attach(self, balancer: Balancer) -> None:
+        with self._lock:
+            self._balancers = [r for r in self._balancers if r() is not None]
+            self._balancers.append(weakref.ref(balancer))
 
     def _statuses(self) -> list[BackendStatus]:
         with self._lock:
@@ -245,6 +260,18 @@ class OpenTelemetryHook:
             active[status.url] = active.get(status.url, 0) + status.in_flight
             names.setdefault(status.url, status.name)
         return [Observation(count, _backend_attributes(names[url], url)) for url, count in active.items()]
+
+
+_instruments: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = weakref.WeakKeyDictionary()
+_instruments_lock = threading.Lock()
+
+
+def _instruments_of(provider: MeterProvider) -> _Instruments:
+    with _instruments_lock:
+        found = _instruments.get(provider)
+        if found is None:
+            found = _instruments[provider] = _Instruments(provider.get_meter("openai_lb", __version__))
+        return found
 
 
 def _duration_histogram(meter: Meter) -> Histogram:

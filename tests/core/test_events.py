@@ -175,8 +175,25 @@ def test_the_first_success_after_the_breaker_is_a_recovery_of_the_backend(clock:
     clock.advance(5)
     call, attempt = begin(balancer)
     call.report(attempt, 200, {}, None)
-    assert events.events[-1] == BackendRecovered("ptu", "https://ptu.example.com", "gpt-4o")
+    assert events.events[-1] == BackendRecovered("ptu", "https://ptu.example.com", None), "the backend recovered"
     assert balancer.status()[0].state == "available"
+
+
+def test_an_old_attempt_succeeding_while_the_breaker_is_open_is_no_recovery(clock: FakeClock) -> None:
+    events = Recorder()
+    balancer = make(clock, events)
+    (old_call, old), (call, attempt) = begin(balancer), begin(balancer)
+    clock.advance(0.1)
+    call.report(attempt, 503, {}, None)
+    old_call.report(old, 200, {}, None)  # sent before the trip, answered after
+    assert not any(isinstance(e, BackendRecovered) for e in events.events), events.events
+    assert balancer.status()[0].state == "circuit_open"
+    clock.advance(5)
+    for _ in range(2):
+        call, attempt = begin(balancer)
+        call.report(attempt, 200, {}, None)
+    recovered = [e for e in events.events if isinstance(e, BackendRecovered)]
+    assert recovered == [BackendRecovered("ptu", "https://ptu.example.com", None)], "once, when the breaker closed"
 
 
 def test_every_backend_cooling_is_announced_with_the_soonest(clock: FakeClock) -> None:
@@ -189,22 +206,33 @@ def test_every_backend_cooling_is_announced_with_the_soonest(clock: FakeClock) -
     call.report(second, 429, {"retry-after": "8"}, None)
     answer = call.next()
     assert isinstance(answer, Answer)
-    assert events.events[-1] == AllBackendsCooling("gpt-4o", 8.0, "paygo")
+    assert events.events[-1] == AllBackendsCooling("gpt-4o", 8.0, "paygo", 2)
 
 
 def test_a_skipped_and_an_abandoned_attempt_each_finish_once(clock: FakeClock) -> None:
     events = Recorder()
     balancer = make(clock, events)
     call, attempt = begin(balancer)
-    call.skip(attempt, "token provider: RuntimeError")
+    call.skip(attempt, RuntimeError("token endpoint said no"))
     other = call.next()
     assert isinstance(other, Attempt)
     call.release(other, KeyboardInterrupt())
     finished = [e for e in events.events if isinstance(e, AttemptFinished)]
     assert [(e.backend, e.outcome, e.error, e.failed_over) for e in finished] == [
-        ("ptu", "skipped", "token provider: RuntimeError", True),
+        ("ptu", "skipped", "RuntimeError", True),
         ("paygo", "abandoned", "KeyboardInterrupt", False),
     ]
+
+
+def test_a_hook_interrupting_an_attempt_start_leaves_nothing_in_flight(clock: FakeClock) -> None:
+    def interrupt(event: Event) -> None:
+        if isinstance(event, AttemptStarted):
+            raise KeyboardInterrupt
+
+    balancer = make(clock, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        balancer.begin("gpt-4o").next()
+    assert [s.in_flight for s in balancer.status()] == [0, 0]
 
 
 def test_every_hook_gets_every_event_and_a_raising_one_is_logged_not_raised(
@@ -294,7 +322,7 @@ def test_every_started_attempt_finishes_exactly_once_before_the_next_starts(scri
             if outcome == "error":
                 call.report_error(step, OSError())
             elif outcome == "skip":
-                call.skip(step, "token provider: OSError")
+                call.skip(step, OSError())
             elif outcome == "release":
                 call.release(step)
                 break

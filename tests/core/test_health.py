@@ -17,18 +17,27 @@ def test_a_success_forgets_ended_blocks_of_its_deployment_and_of_the_backend_onl
     store.block(KEY, "gpt-4o", 10.0, "rate_limited")
     store.block(KEY, "other", 10.0, "rate_limited")
     store.trip(KEY, 0.0, 1.0, lambda _: 5.0)
-    assert store.count_success(KEY, "gpt-4o", 10.0), "breaker streak and gpt-4o block ended: a recovery"
-    assert not store.count_success(KEY, "gpt-4o", 10.0), "nothing left to forget"
+    assert store.count_success(KEY, "gpt-4o", 10.0) == ("gpt-4o", None), "the deployment and the backend recovered"
+    assert store.count_success(KEY, "gpt-4o", 10.0) == (), "nothing left to forget"
     health = store.snapshot(KEY, 9.0)
     assert health.failures == 0
     assert set(health.deployments) == {"other"}, "another deployment's block is its own business"
-    assert store.count_success(KEY, "other", 10.0)
+    assert store.count_success(KEY, "other", 10.0) == ("other",)
+
+
+def test_a_success_while_the_breaker_is_open_resets_the_streak_but_recovers_only_once_it_closed() -> None:
+    store = InMemoryHealthStore()
+    store.trip(KEY, 0.0, 1.0, lambda _: 5.0)
+    assert store.count_success(KEY, "gpt-4o", 2.0) == (), "an attempt sent before the trip succeeded: still open"
+    assert store.snapshot(KEY, 2.0).failures == 0
+    assert store.blocked(KEY, "gpt-4o", 2.0) == (6.0, "failing"), "the breaker stays open until its time"
+    assert store.count_success(KEY, "gpt-4o", 6.0) == (None,), "the first success after it closed"
 
 
 def test_a_success_during_a_running_block_leaves_it_in_place() -> None:
     store = InMemoryHealthStore()
     store.block(KEY, "gpt-4o", 30.0, "rate_limited")
-    assert not store.count_success(KEY, "gpt-4o", 5.0)
+    assert store.count_success(KEY, "gpt-4o", 5.0) == ()
     assert store.blocked(KEY, "gpt-4o", 5.0) == (30.0, "rate_limited")
 
 
@@ -64,8 +73,10 @@ def test_a_success_reports_a_recovery_exactly_when_something_ended(ops: list[Op]
             running, every = store.snapshot(key, now), store.snapshot(key, -1.0)  # -1: ended entries too
             slot_ended = slot in every.deployments and slot not in running.deployments
             backend_ended = every.open_until is not None and running.open_until is None
-            expected = running.failures > 0 or slot_ended or backend_ended
-            assert store.count_success(key, slot, now) == expected, (op, key, slot, now)
+            expected: list[str | None] = [slot] if slot_ended else []
+            if backend_ended or (running.failures > 0 and running.open_until is None):
+                expected.append(None)
+            assert store.count_success(key, slot, now) == tuple(expected), (op, key, slot, now)
         counted = store._slots  # the per-backend entry counts behind the lock-free check
         entries = store._blocks
         for owner in ("a", "b"):
@@ -77,7 +88,7 @@ def test_concurrent_successes_report_one_recovery() -> None:
     store.trip(KEY, 0.0, 0.0, lambda _: 1.0)
     store.block(KEY, "gpt-4o", 1.0, "rate_limited")
     barrier = threading.Barrier(16)
-    results: list[bool] = []
+    results: list[tuple[str | None, ...]] = []
 
     def succeed() -> None:
         barrier.wait()
@@ -88,4 +99,5 @@ def test_concurrent_successes_report_one_recovery() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert results.count(True) == 1, f"one recovery, told once: {results}"
+    assert results.count(("gpt-4o", None)) == 1, f"one recovery, told once: {results}"
+    assert results.count(()) == 15, results

@@ -94,8 +94,21 @@ def test_a_callers_own_http_client_is_used_as_given(servers) -> None:
 
 
 def test_backends_and_an_own_http_client_together_are_refused() -> None:
-    with pytest.raises(ConfigurationError, match=r"either backends= .* or http_client="):
+    with pytest.raises(ConfigurationError, match=r"backends=.* would be ignored next to http_client="):
         make([Backend("https://a.example.com")], api_key="k", http_client=openai.DefaultHttpxClient())
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        ({"on_event": print}, "on_event="),
+        ({"policy": openai_lb.Policy()}, "policy="),
+        ({"health_store": openai_lb.InMemoryHealthStore(), "on_event": [print]}, "health_store=, on_event="),
+    ],
+)
+def test_balancing_arguments_next_to_an_own_http_client_are_refused_not_ignored(given: dict, named: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{named} would be ignored next to http_client="):
+        openai_lb.AzureOpenAI(api_key="k", api_version="v", http_client=openai.DefaultHttpxClient(), **given)
 
 
 def test_endpoint_is_optional_and_any_given_endpoint_is_replaced(servers, monkeypatch) -> None:

@@ -80,7 +80,7 @@ def test_every_backend_cooling_and_the_recovery_are_reported(servers, balanced, 
     ptu.script(Reply(429, headers={"retry-after": "3"}))
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    assert events.events[-1] == AllBackendsCooling("gpt-4o", 3.0, "ptu")
+    assert events.events[-1] == AllBackendsCooling("gpt-4o", 3.0, "ptu", 1)
     clock.advance(3)
     client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert events.events[-1] == BackendRecovered("ptu", ptu.url, "gpt-4o")

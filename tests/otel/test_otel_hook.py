@@ -241,9 +241,13 @@ def test_available_backends_drops_while_a_backend_cools_and_comes_back(
     assert available(telemetry) == {"ptu": 1, "paygo": 1}, "both backends are available before any request"
     ptu.script(Reply(429, headers={"retry-after-ms": "2000"}))
     assert answer_of(client) == "paygo:gpt-4o"
-    assert available(telemetry) == {"ptu": 0, "paygo": 1}, "the PTU does not count while its deployment cools"
+    assert available(telemetry) == {"ptu": 1, "paygo": 1}, "a cooling deployment leaves the backend to the others"
     clock.advance(2.0)
-    assert available(telemetry) == {"ptu": 1, "paygo": 1}, "the PTU counts again once its Retry-After has passed"
+    ptu.script(Reply(503))
+    assert answer_of(client) == "paygo:gpt-4o"
+    assert available(telemetry) == {"ptu": 0, "paygo": 1}, "the PTU does not count while its circuit is open"
+    clock.advance(5.0)
+    assert available(telemetry) == {"ptu": 1, "paygo": 1}, "the PTU counts again once the breaker has closed"
     client.close()
 
 
@@ -263,6 +267,7 @@ def test_every_backend_cooling_is_an_event_on_the_span(servers, client_with, tel
     assert details["openai_lb.deployment"] == "gpt-4o"
     assert span.attributes is not None
     assert "openai_lb.backend" not in span.attributes, "no backend answered, so none is named on the span"
+    assert span.attributes["openai_lb.failovers"] == 1, "the one attempt failed over to the 429"
 
 
 def test_metrics_are_recorded_and_spans_untouched_when_nothing_is_recording(
@@ -338,10 +343,40 @@ def test_one_hook_on_two_clients_counts_each_backend_once(servers, client_with, 
         health_store=shared,
     )
     assert available(telemetry) == {"ptu": 1, "paygo": 1, "spare": 1}, "a URL both clients use counts once"
-    ptu.script(Reply(429, headers={"retry-after": "60"}))
+    ptu.script(Reply(503))
     answer_of(first)
-    assert available(telemetry) == {"ptu": 0, "paygo": 1, "spare": 1}, "the PTU counts as cooling for both clients"
+    assert available(telemetry) == {"ptu": 0, "paygo": 1, "spare": 1}, "the PTU's open circuit counts for both clients"
     assert second.balancer is not None, "the second client is still in use"
+
+
+def test_two_hooks_on_one_meter_provider_both_report_their_backends(servers, client_with) -> None:
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    ptu, paygo = servers("ptu"), servers("paygo")
+    first = client_with(OpenTelemetryHook(meter_provider=meters), [Backend(ptu.url, name="ptu")])
+    second = client_with(OpenTelemetryHook(meter_provider=meters), [Backend(paygo.url, name="paygo")])
+    answer_of(first)
+    answer_of(second)
+    third = OpenTelemetryHook(meter_provider=meters)
+    seen = Telemetry(third, reader, InMemorySpanExporter(), TracerProvider().get_tracer("tests"))
+    assert available(seen) == {"ptu": 1, "paygo": 1}, "the second hook's backends are observed too"
+    assert {a["openai_lb.backend"] for a, _ in seen.points(ACTIVE_ATTEMPTS)} == {"ptu", "paygo"}
+    assert sum(p.count for _, p in seen.points(ATTEMPT_DURATION)) == 2
+    meters.shutdown()
+
+
+def test_a_missing_deployment_leaves_the_backend_available_for_the_others(
+    servers, client_with, telemetry: Telemetry
+) -> None:
+    only_4o = FakeAzureOpenAI(name="only-4o", deployments={"gpt-4o"})
+    both = FakeAzureOpenAI(name="both", deployments={"gpt-4o", "mini"})
+    with only_4o, both:
+        client = client_with(
+            telemetry.hook,
+            [Backend(only_4o.url, priority=1, name="only-4o"), Backend(both.url, priority=2, name="both")],
+        )
+        assert client.chat.completions.create(model="mini", messages=MESSAGES).choices[0].message.content == "both:mini"
+        assert available(telemetry) == {"only-4o": 1, "both": 1}, "only-4o still serves gpt-4o"
 
 
 def test_one_hook_on_two_clients_sums_both_clients_attempts(servers, client_with, telemetry: Telemetry) -> None:
@@ -357,7 +392,7 @@ def test_active_attempts_count_a_request_while_it_waits_for_its_answer(
 ) -> None:
     ptu = servers("ptu")
     client = client_with(telemetry.hook, [Backend(ptu.url, name="ptu")])
-    ptu.script(Stall(0.5))
+    ptu.script(Stall(2))
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(answer_of, client)
         while not ptu.requests:
