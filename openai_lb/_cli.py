@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,21 +23,29 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ._check import DEFAULT_API_VERSION, BackendCheck, CheckReport, DeploymentCheck, check_backends
+from ._check import DEFAULT_API_VERSION, BackendCheck, CheckReport, DeploymentCheck, check_backends, proxy_problem
 from ._demo import DemoResult, DemoSettings, DemoStep, PlainView, intro, run_demo, step_line
 from ._errors import ConfigurationError
 from ._loading import load_backends
 from ._status import BackendStatus
 
-__all__ = ["app", "run"]
+__all__ = ["EXIT_INTERNAL_ERROR", "EXIT_INTERRUPTED", "EXIT_PROBLEM", "EXIT_USAGE", "app", "run"]
 
+EXIT_PROBLEM = 1
+"""``check``: a backend or deployment has a problem (``demo``: a request went unanswered)."""
+EXIT_USAGE = 2
+"""A bad option, a bad config file, or the ``cli`` extra missing."""
+EXIT_INTERNAL_ERROR = 3
+"""A bug: one line names the exception type, never its text or a traceback (either could hold a key)."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C."""
+
+# `run` calls the click command itself, so typer's own exception display (pretty_exceptions_*) never applies.
 app = typer.Typer(
     name="openai-lb",
     help="openai_lb: priority and failover load balancing across Azure OpenAI deployments.",
     add_completion=False,
     no_args_is_help=True,
-    # A traceback's locals could hold an api key.
-    pretty_exceptions_show_locals=False,
 )
 
 _DEMO = DemoSettings()
@@ -46,13 +55,21 @@ _STATE_STYLES = {"available": "green", "cooling": "yellow", "probing": "cyan", "
 def run(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return its exit status.
 
-    ``console`` replaces the terminal (tests give one writing to a string).
+    ``console`` replaces the terminal (tests give one writing to a string). No traceback is ever
+    printed: an unexpected error is one line naming its type, and exit status 3.
     """
-    command = typer.main.get_command(app)
     try:
+        command = typer.main.get_command(app)
         command.main(args=None if argv is None else list(argv), prog_name="openai-lb", obj=console)
     except SystemExit as done:
-        return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else EXIT_PROBLEM
+    except KeyboardInterrupt:
+        print("openai-lb: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        # Neither the text nor a traceback: either could quote a credential, a traceback's locals too.
+        print(f"openai-lb: internal error ({type(error).__name__}); exit status {EXIT_INTERNAL_ERROR}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
     return 0  # pragma: no cover - standalone click commands always exit
 
 
@@ -77,6 +94,14 @@ def _seconds(*, allow_zero: bool) -> Callable[[float], float]:
     return check
 
 
+def _proxy_url(value: str | None) -> str | None:
+    problem = None if value is None else proxy_problem(value)
+    if problem is not None:
+        # The message never repeats the URL: it may hold a password.
+        raise typer.BadParameter(problem)
+    return value
+
+
 # -- demo ---------------------------------------------------------------------------------------
 
 
@@ -96,7 +121,7 @@ def demo(
     settings = DemoSettings(requests, interval, budget, window)
     console = _console(ctx)
     result = live_demo(settings, console) if console.is_terminal else run_demo(settings, _plain(console))
-    raise typer.Exit(0 if result.ok else 1)
+    raise typer.Exit(0 if result.ok else EXIT_PROBLEM)
 
 
 class LiveDemoView:
@@ -189,6 +214,7 @@ def check(
             metavar="CONFIG", help="Backends file (.toml or .json), as for openai_lb.load_backends.", show_default=False
         ),
     ],
+    *,
     deployment: Annotated[
         list[str] | None,
         typer.Option(
@@ -205,32 +231,49 @@ def check(
     timeout: Annotated[
         float, typer.Option(callback=_seconds(allow_zero=False), help="Seconds each probe may take.")
     ] = 10.0,
+    proxy: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            callback=_proxy_url,
+            help="Send the probes through this proxy (HTTP(S)_PROXY are ignored, as by the balanced clients).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Probe every backend without spending tokens: reachable, credential accepted, deployments present.
 
-    A backend uses its own key (api_key_env in the file), else $AZURE_OPENAI_API_KEY.
-    Exit status 0 when all is well, 1 when a backend has a problem, 2 when the file is wrong.
+    A backend uses its own key (api_key_env in the file), else $AZURE_OPENAI_API_KEY, else $AZURE_OPENAI_AD_TOKEN.
+
+    Exit status: 0 all passed, 1 a backend has a problem, 2 a bad file or option, 3 an internal error, 130 interrupted.
     """
     try:
         backends = load_backends(config)
     except ConfigurationError as error:
         typer.echo(f"openai-lb check: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USAGE) from None
     console = _console(ctx)
     probe = functools.partial(
-        check_backends, backends, api_version=api_version, deployments=deployment or (), timeout=timeout
+        check_backends, backends, api_version=api_version, deployments=deployment or (), timeout=timeout, proxy=proxy
     )
-    if console.is_terminal:
-        # Text, not str: rich would read brackets in a path or a name as markup.
-        with console.status(Text(f"Probing {len(backends)} backend(s) from {config}...")):
+    try:
+        if console.is_terminal:
+            # Text, not str: rich would read brackets in a path or a name as markup.
+            with console.status(Text(f"Probing {len(backends)} backend(s) from {config}...")):
+                report = probe()
+        else:
             report = probe()
+    except KeyboardInterrupt:
+        # Whatever typer does with an interrupt: 130, at once (the probes still running are abandoned).
+        typer.echo("openai-lb check: interrupted", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if console.is_terminal:
         console.print(check_table(report, str(config)))
         console.print(Text(_summary(report)))
     else:
-        report = probe()
         for line in check_lines(report, str(config)):
             print(line, file=console.file)
-    raise typer.Exit(0 if report.ok else 1)
+    raise typer.Exit(0 if report.ok else EXIT_PROBLEM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,40 +281,51 @@ class _Row:
     """One backend's results in words, shared by the plain lines and the table."""
 
     healthy: bool
-    """Reachable and the credential accepted (the deployments tell their own)."""
+    """Answered, the credential accepted and no problem (the deployments tell their own)."""
     reach: str
     latency: str
     credential: str
-    """Accepted, rejected, not tried or not confirmed, and where it came from; or how to give one."""
-    note: str
+    """Accepted, rejected, not tried or not confirmed, and where it came from; or why nothing was sent."""
+    notes: tuple[str, ...]
+    """The backend's problem and note, when the words above do not already say them."""
     deployments: tuple[tuple[str, str], ...]
     """(OK, FAIL or SKIP, what was found) per deployment."""
 
 
 def _row(backend: BackendCheck) -> _Row:
-    source = backend.credential
-    if source is None:
-        reach, credential = "not probed", backend.problem or "no credential"
-    elif not backend.reachable:
-        reach, credential = backend.problem or "unreachable", f"not tried ({source})"
-    else:
-        reach = "reachable"
+    source, reach, problem = backend.credential, backend.reach, backend.problem
+    notes: tuple[str | None, ...] = ()
+    if reach == "answered":
+        reach_text = "reachable"
         verdict = {True: "accepted", False: "rejected", None: "not confirmed"}[backend.credential_accepted]
-        status = f", HTTP {backend.status}" if backend.credential_accepted is False else ""
-        credential = f"{verdict} ({source}{status})"
-    note = backend.problem if backend.reachable and backend.credential_accepted is None else None
+        status = f", HTTP {backend.status}" if backend.status in (401, 403) else ""
+        credential = f"credential {verdict} ({source}{status})"
+        # A rejection is said by the credential words and the deployments' lines.
+        notes = (None if backend.credential_accepted is False else problem, backend.note)
+    elif reach == "no answer":
+        reach_text, credential = f"reachable, {problem}", f"credential not confirmed ({source})"
+    elif reach == "unreachable":
+        reach_text, credential = problem or "unreachable", f"credential not tried ({source})"
+    else:
+        # Not probed (no usable credential, or nothing could be sent), or the check itself failed.
+        reach_text, credential = "not probed" if reach == "not probed" else "reach unknown", problem or ""
     latency = "" if backend.latency_ms is None else f"{backend.latency_ms:.0f} ms"
     deployments = tuple(
         ("OK" if found.exists else "SKIP" if found.verdict == "not checked" else "FAIL", _deployment(found))
         for found in backend.deployments
     )
-    healthy = bool(backend.reachable and backend.credential_accepted)
-    return _Row(healthy, reach, latency, credential, note or "", deployments)
+    healthy = bool(reach == "answered" and backend.credential_accepted and problem is None)
+    return _Row(healthy, reach_text, latency, credential, tuple(filter(None, notes)), deployments)
 
 
 def _deployment(found: DeploymentCheck) -> str:
     name = found.name if found.requested is None else f"{found.name} (for {found.requested})"
     return f"{name} {found.verdict} ({found.detail})"
+
+
+def _heading(report: CheckReport, source: str) -> str:
+    proxy = f", through proxy {report.proxy}" if report.proxy else ""
+    return f"openai-lb check: {len(report.backends)} backend(s) from {source}, api-version {report.api_version}{proxy}"
 
 
 def _summary(report: CheckReport) -> str:
@@ -281,11 +335,10 @@ def _summary(report: CheckReport) -> str:
 
 def check_lines(report: CheckReport, source: str) -> list[str]:
     """Plain lines, one per backend and one per deployment, each starting with OK, FAIL or SKIP and the backend."""
-    lines = [f"openai-lb check: {len(report.backends)} backend(s) from {source}, api-version {report.api_version}"]
+    lines = [_heading(report, source)]
     for backend in report.backends:
         row = _row(backend)
-        credential = row.credential if backend.credential is None else f"credential {row.credential}"
-        facts = ", ".join(fact for fact in (row.reach, row.latency, credential, row.note) if fact)
+        facts = ", ".join(fact for fact in (row.reach, row.latency, row.credential, *row.notes) if fact)
         lines.append(f"{'OK' if row.healthy else 'FAIL':<5} {backend.name} ({backend.url}): {facts}")
         lines.extend(f"{mark:<5} {backend.name}: deployment {text}" for mark, text in row.deployments)
     lines.append(_summary(report))
@@ -294,8 +347,7 @@ def check_lines(report: CheckReport, source: str) -> list[str]:
 
 def check_table(report: CheckReport, source: str) -> Table:
     """The same facts as `check_lines`, one row per backend."""
-    title = Text(f"openai-lb check: {source}, api-version {report.api_version}")
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(_heading(report, source)), title_justify="left")
     for column in ("backend", "reachable", "latency", "credential", "deployments", "result"):
         table.add_column(column, justify="right" if column == "latency" else "left")
     styles = {"OK": "green", "FAIL": "red", "SKIP": "dim"}
@@ -304,9 +356,9 @@ def check_table(report: CheckReport, source: str) -> Table:
         deployments = Text("\n").join(Text(text, style=styles[mark]) for mark, text in row.deployments)
         table.add_row(
             Text(f"{backend.name}\n{backend.url}"),
-            Text(row.reach, style="green" if backend.reachable else "red"),
+            Text(row.reach, style="green" if backend.reach == "answered" else "red"),
             row.latency,
-            Text("\n".join(filter(None, (row.credential, row.note))), style="green" if row.healthy else "red"),
+            Text("\n".join(filter(None, (row.credential, *row.notes))), style="green" if row.healthy else "red"),
             deployments if row.deployments else Text("none named", style="dim"),
             Text("OK", style="bold green") if backend.ok else Text("FAIL", style="bold red"),
         )

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from helpers import sdk_http_module
@@ -19,7 +23,7 @@ from openai_lb import Backend
 from openai_lb.__main__ import main
 from openai_lb._check import DEFAULT_API_VERSION, check_backends, deployments_to_check
 from openai_lb._cli import run
-from openai_lb.testing import FakeAzureOpenAI, Reply, closed_port_url
+from openai_lb.testing import FakeAzureOpenAI, Reply, Stall, closed_port_url
 
 GOOD_KEY = "good-key-0123456789abcdef"
 ENV_KEY = "env-key-fedcba9876543210"
@@ -28,7 +32,7 @@ SDK_HTTP = sdk_http_module()
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AZURE_OPENAI_API_KEY", "OPENAI_API_VERSION", "GOOD_KEY"):
+    for name in ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN", "OPENAI_API_VERSION", "GOOD_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GOOD_KEY", GOOD_KEY)
 
@@ -320,23 +324,32 @@ CHAT = "/openai/deployments/gpt-4o/chat/completions"
 
 
 @pytest.mark.parametrize(
-    ("answer", "reachable", "accepted", "problem"),
+    ("answer", "reach", "accepted", "problem"),
     [
-        (200, True, True, None),
-        (403, True, False, "credential rejected (HTTP 403"),
-        ((503, {"error": {"code": "503", "message": "busy"}}), True, None, "HTTP 503, 503: busy"),
-        (SDK_HTTP.ReadTimeout("slow"), False, None, "unreachable (ReadTimeout: slow)"),
+        (200, "answered", True, None),
+        (403, "answered", False, "credential rejected (HTTP 403"),
+        # A 429 comes after authentication on Azure: the key was accepted, the backend is just busy.
+        (429, "answered", True, None),
+        # A failing backend fails the check, though the deployment probe's 400 shows the key was accepted.
+        ((503, {"error": {"code": "503", "message": "busy"}}), "answered", True, "HTTP 503, 503: busy"),
+        # The connection was made; nothing came back in time.
+        (SDK_HTTP.ReadTimeout("slow"), "no answer", None, "no answer within 10 s"),
+        (SDK_HTTP.ConnectTimeout("slow"), "unreachable", None, "unreachable (ConnectTimeout: slow)"),
+        (SDK_HTTP.ConnectError("refused"), "unreachable", None, "unreachable (ConnectError: refused)"),
     ],
 )
-def test_models_probe_verdicts(answer: Any, reachable: bool, accepted: bool | None, problem: str | None) -> None:
+def test_models_probe_verdicts(answer: Any, reach: str, accepted: bool | None, problem: str | None) -> None:
     backend = Backend("https://a.example.com", api_key="k", name="a")
 
     found = check_backends([backend], transport=mock({MODELS: answer, CHAT: 400}), deployments=["gpt-4o"])
 
     result = found.backends[0]
-    assert (result.reachable, result.credential_accepted) == (reachable, accepted)
-    assert (result.problem is None) if problem is None else (problem in (result.problem or ""))
-    assert found.ok is (problem is None)
+    assert (result.reach, result.credential_accepted) == (reach, accepted), result
+    if problem is None:
+        assert result.problem is None, result.problem
+    else:
+        assert problem in (result.problem or ""), f"expected {problem!r} in the problem {result.problem!r}"
+    assert found.ok is (problem is None), result
 
 
 @pytest.mark.parametrize(
@@ -399,3 +412,377 @@ def test_deployments_to_check_maps_requested_names_and_drops_repeats() -> None:
         ("gpt-4o-global", "gpt-4o"),
         ("embed", None),
     ]
+
+
+# -- credentials that cannot be sent ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad_key", [ENV_KEY + "\n", " " + ENV_KEY, "kéy-" + ENV_KEY, "k\u2603y-" + ENV_KEY])
+def test_an_unsendable_shared_key_is_that_backends_problem_and_never_printed(
+    bad_key: str,
+    *,
+    good: FakeAzureOpenAI,
+    other: FakeAzureOpenAI,
+    config: Config,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A trailing newline from a file, or a character outside ASCII (the SDK sends this key as ASCII text).
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", bad_key)
+    path = config(("good", good.url, GOOD), ("other", other.url, ""))
+
+    code, out, err = check(capsys, path, "-d", "gpt-4o")
+    screen = io.StringIO()
+    rich_code = run(["check", str(path)], console=Console(file=screen, force_terminal=True, width=200))
+
+    assert (code, rich_code) == (1, 1), f"a backend problem, not a crash:\n{out}{err}"
+    assert line_of(out, "FAIL  other (").endswith(
+        "not probed, $AZURE_OPENAI_API_KEY holds whitespace or characters a header cannot carry: strip it"
+    ), out
+    assert line_of(out, "SKIP  other:") == "SKIP  other: deployment gpt-4o not checked (credential unusable)"
+    assert line_of(out, "OK    good (").startswith("OK    good"), "the other backends are still checked"
+    assert other.requests == [], "the key is never sent"
+    for text in (out, err, screen.getvalue()):
+        assert ENV_KEY[:8] not in text, f"the key was printed:\n{text}"
+        assert "Traceback" not in text
+
+
+def test_an_unsendable_token_from_a_provider_is_reported_and_never_sent() -> None:
+    sent: list[Any] = []
+
+    def handler(request: Any) -> Any:
+        sent.append(request)
+        return SDK_HTTP.Response(200, json={})
+
+    secret = "eyJ0eXAiOiJKV1Qi-token\n"
+    backend = Backend("https://a.example.com", azure_ad_token_provider=lambda: secret, name="a")
+
+    found = check_backends([backend], transport=SDK_HTTP.MockTransport(handler))
+
+    result = found.backends[0]
+    assert not found.ok
+    assert (result.credential, result.reach) == ("token provider", "not probed"), result
+    assert result.problem == (
+        "the token of its token provider holds whitespace or characters a header cannot carry: strip it"
+    ), result.problem
+    assert sent == [], "a token a header cannot carry is not sent"
+
+
+def test_the_http_librarys_local_errors_say_nothing_was_sent_and_never_show_their_text() -> None:
+    key = "local-secret-0123456789"
+    # What the HTTP library says about a header it refuses: the value, escaped.
+    refused = SDK_HTTP.LocalProtocolError(f"Illegal header value {key.encode()!r}")
+    backend = Backend("https://a.example.com", api_key=key, name="a")
+
+    found = check_backends([backend], transport=mock({MODELS: refused}), deployments=["gpt-4o"])
+
+    result = found.backends[0]
+    assert result.reach == "not probed", f"this machine's error is not the backend being unreachable: {result}"
+    assert result.problem == "LocalProtocolError on this machine, nothing sent", result.problem
+    assert key not in repr(found), "the error's text, which quotes the key, is never kept"
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        lambda key: f"bad key {key!r}",  # Python's repr: the backslash doubled
+        lambda key: f"bad key {key.encode()!r}",  # a bytes repr
+        lambda key: f"bad key {json.dumps(key)}",  # JSON-escaped (inside the JSON body)
+        lambda key: f"bad key {quote(key, safe='')}",  # URL-quoted
+    ],
+)
+def test_escaped_forms_of_the_credential_are_cut_from_server_text(echo: Callable[[str], str]) -> None:
+    key = "back\\slash-key-0123456789"
+    body = {"error": {"code": "500", "message": echo(key)}}
+    backend = Backend("https://a.example.com", api_key=key, name="a")
+
+    found = check_backends([backend], transport=mock({MODELS: (500, body)}))
+
+    problem = found.backends[0].problem or ""
+    assert "[credential]" in problem, problem
+    assert "slash-key" not in problem, f"an escaped form of the key was kept: {problem!r}"
+
+
+def test_control_characters_in_server_text_never_reach_the_terminal(
+    good: FakeAzureOpenAI, config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostile = "clear\x1b[2J title\x1b]0;pwned\x07 bell\x07 line\nbreak\r\x00"
+    path = config(("good", good.url, GOOD))
+    # Models and deployment probe, once in plain lines and once on a terminal.
+    good.script(*[Reply(500, json={"error": {"code": "500", "message": hostile}})] * 4)
+
+    code, out, _ = check(capsys, path)
+    screen = io.StringIO()
+    rich_code = run(["check", str(path)], console=Console(file=screen, force_terminal=True, width=200))
+
+    assert (code, rich_code) == (1, 1), out
+    assert "\x1b" not in out, f"an escape sequence from the server reached the output: {out!r}"
+    for control in ("\x07", "\x00", "\r"):
+        assert control not in out, f"{control!r} from the server reached the output: {out!r}"
+    assert "clear[2J title]0;pwned bell line break" in line_of(out, "FAIL  good ("), "the rest is kept, on one line"
+    for injected in ("\x1b[2J", "\x1b]0;", "\x07"):
+        assert injected not in screen.getvalue(), f"{injected!r} from the server reached the terminal"
+
+
+# -- one backend's surprise, and the program's --------------------------------------------------------
+
+
+def test_an_unexpected_error_is_that_backends_problem_and_the_others_are_still_checked() -> None:
+    def handler(request: Any) -> Any:
+        if request.url.host == "a.example.com":
+            raise RuntimeError("surprise with secret-key-a")
+        return SDK_HTTP.Response(200, json={})
+
+    backends = [
+        Backend("https://a.example.com", api_key="secret-key-a", name="a"),
+        Backend("https://b.example.com", api_key="k", name="b"),
+    ]
+
+    found = check_backends(backends, transport=SDK_HTTP.MockTransport(handler))
+
+    a, b = found.backends
+    assert (a.reach, a.problem) == ("unknown", "the check failed unexpectedly (RuntimeError)"), a
+    assert b.ok, "one backend's surprise does not abort the check"
+    assert "secret-key-a" not in repr(found), "only the exception's type is kept"
+
+
+def test_an_internal_error_is_one_line_naming_its_type_and_exit_status_3(
+    good: FakeAzureOpenAI, config: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        api_key = GOOD_KEY  # a local a traceback with locals would show
+        raise RuntimeError(f"bug near {api_key}")
+
+    monkeypatch.setattr("openai_lb._cli.check_backends", broken)
+
+    code, out, err = check(capsys, config(("good", good.url, GOOD)))
+
+    assert code == 3, f"an internal error has its own exit status, not 1 (a backend problem): {code}"
+    assert err == "openai-lb: internal error (RuntimeError); exit status 3\n", f"one line, no traceback: {err}"
+    assert GOOD_KEY not in out + err
+
+
+# -- proxies ----------------------------------------------------------------------------------------
+
+
+def test_proxy_environment_variables_do_not_apply_as_for_the_balanced_clients(
+    good: FakeAzureOpenAI, config: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nowhere = closed_port_url()
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, nowhere)
+
+    code, out, _ = check(capsys, config(("good", good.url, GOOD)))
+
+    assert code == 0, f"the probes went to the proxy of the environment:\n{out}"
+    assert [r.path for r in good.requests] == ["/openai/models", "/openai/deployments/gpt-4o-global/chat/completions"]
+
+
+def test_proxy_option_sends_the_probes_through_that_proxy_and_hides_its_password(
+    good: FakeAzureOpenAI, config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing listens at the backend's own address: only the proxy (the fake server, which answers
+    # absolute-form requests itself) can answer.
+    backend_url = closed_port_url()
+    proxy = f"http://user:hunter2@127.0.0.1:{good.port}"
+
+    code, out, err = check(capsys, config(("far", backend_url, GOOD)), "--proxy", proxy, "-d", "gpt-4o")
+
+    assert code == 0, out + err
+    assert out.splitlines()[0].endswith(f", through proxy http://127.0.0.1:{good.port}"), out
+    assert [r.path for r in good.requests] == [
+        "/openai/models",
+        "/openai/deployments/gpt-4o-global/chat/completions",
+    ]
+    assert "hunter2" not in out + err
+
+
+@pytest.mark.parametrize("proxy", ["ftp://user:hunter2@127.0.0.1:3128", "http://", "user:hunter2@127.0.0.1"])
+def test_a_bad_proxy_is_a_usage_error_that_does_not_repeat_it(
+    proxy: str, config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = check(capsys, config(("ptu", "https://a.openai.azure.com", GOOD)), "--proxy", proxy)
+
+    assert code == 2, out + err
+    assert "--proxy" in err
+    assert "hunter2" not in err, f"the proxy URL (and its password) was repeated: {err}"
+
+
+# -- verdicts when the models route tells nothing ---------------------------------------------------
+
+NOT_FOUND = (404, {"error": {"code": "404", "message": "Resource not found"}})
+DEPLOYMENT_NOT_FOUND = (404, {"error": {"code": "DeploymentNotFound", "message": "no"}})
+
+
+@pytest.mark.parametrize(
+    ("models", "chat", "accepted", "ok"),
+    [
+        # A gateway without the models route: the deployment probe decides.
+        (NOT_FOUND, 400, True, True),
+        (NOT_FOUND, 429, True, True),
+        (NOT_FOUND, DEPLOYMENT_NOT_FOUND, True, False),
+        (NOT_FOUND, 401, False, False),
+        (405, 400, True, True),
+        # Nothing decides: the credential stays unknown and the check fails.
+        (NOT_FOUND, 500, None, False),
+    ],
+)
+def test_without_a_models_route_the_deployment_probes_judge_the_credential(
+    models: Any, chat: Any, accepted: bool | None, ok: bool
+) -> None:
+    backend = Backend("https://gw.example.com", api_key="k", name="gw")
+
+    found = check_backends([backend], transport=mock({MODELS: models, CHAT: chat}), deployments=["gpt-4o"])
+
+    result = found.backends[0]
+    assert result.credential_accepted is accepted, result
+    assert found.ok is ok, result
+    if accepted is not None:
+        assert "the deployment probes judged the credential" in (result.note or ""), result.note
+
+
+def test_without_a_models_route_and_no_deployment_the_check_fails_saying_what_to_do() -> None:
+    backend = Backend("https://gw.example.com", api_key="k", name="gw")
+
+    found = check_backends([backend], transport=mock({MODELS: NOT_FOUND}))
+
+    result = found.backends[0]
+    assert not found.ok
+    assert result.credential_accepted is None
+    assert result.problem == (
+        "credential not confirmed: no models route (GET /openai/models answered HTTP 404), "
+        "and pass --deployment NAME so a deployment probe can decide"
+    ), result.problem
+
+
+def test_a_gateway_without_the_models_route_passes_on_its_deployment_probe(
+    good: FakeAzureOpenAI, config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good.script(Reply(404, json={"error": {"code": "404", "message": "Resource not found"}}))
+
+    code, out, _ = check(capsys, config(("gw", good.url, GOOD)), "-d", "gpt-4o")
+
+    assert code == 0, out
+    assert re.fullmatch(
+        rf"OK    gw \({re.escape(good.url)}\): reachable, \d+ ms, credential accepted \(backend key\), "
+        r"no models route \(GET /openai/models answered HTTP 404\): the deployment probes judged the credential",
+        line_of(out, "OK    gw ("),
+    ), out
+
+
+# -- slow backends ----------------------------------------------------------------------------------
+
+
+def test_a_backend_that_accepts_but_does_not_answer_is_reachable_without_an_answer(
+    good: FakeAzureOpenAI, config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good.script(Stall(5))
+
+    code, out, _ = check(capsys, config(("slow", good.url, GOOD)), "--timeout", "0.3")
+
+    assert code == 1, out
+    assert line_of(out, "FAIL  slow (") == (
+        f"FAIL  slow ({good.url}): reachable, no answer within 0.3 s, credential not confirmed (backend key)"
+    ), "a read timeout is not 'unreachable'"
+    assert line_of(out, "SKIP  slow:") == (
+        "SKIP  slow: deployment gpt-4o-global (for gpt-4o) not checked (backend did not answer)"
+    )
+
+
+# -- Entra ID tokens from the environment -----------------------------------------------------------
+
+AD_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOi.entra-token"
+
+
+@pytest.fixture
+def entra() -> Iterator[FakeAzureOpenAI]:
+    with FakeAzureOpenAI(name="entra", deployments={"gpt-4o"}, tokens={AD_TOKEN}) as server:
+        yield server
+
+
+def test_a_keyless_backend_uses_the_environments_entra_token_as_a_bearer_token(
+    entra: FakeAzureOpenAI, config: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AZURE_OPENAI_AD_TOKEN", AD_TOKEN)
+
+    code, out, _ = check(capsys, config(("entra", entra.url, "")), "-d", "gpt-4o")
+
+    assert code == 0, out
+    assert "credential accepted ($AZURE_OPENAI_AD_TOKEN)" in line_of(out, "OK    entra ("), out
+    assert {r.headers.get("authorization") for r in entra.requests} == {f"Bearer {AD_TOKEN}"}
+    assert AD_TOKEN not in out
+
+
+def test_the_environments_key_comes_before_its_entra_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str | None, str | None]] = []
+
+    def handler(request: Any) -> Any:
+        seen.append((request.headers.get("api-key"), request.headers.get("authorization")))
+        return SDK_HTTP.Response(200, json={})
+
+    found = check_backends(
+        [Backend("https://a.example.com")],
+        transport=SDK_HTTP.MockTransport(handler),
+        environ={"AZURE_OPENAI_API_KEY": "env-key", "AZURE_OPENAI_AD_TOKEN": "env-token"},
+    )
+
+    assert found.backends[0].credential == "$AZURE_OPENAI_API_KEY"
+    assert seen == [("env-key", None)]
+
+
+def test_an_unsendable_entra_token_in_the_environment_is_reported_not_sent() -> None:
+    found = check_backends(
+        [Backend("https://a.example.com")],
+        transport=mock({MODELS: 200}),
+        environ={"AZURE_OPENAI_AD_TOKEN": "token\n"},
+    )
+
+    result = found.backends[0]
+    assert (result.credential, result.reach) == ("$AZURE_OPENAI_AD_TOKEN", "not probed"), result
+    assert result.problem == (
+        "$AZURE_OPENAI_AD_TOKEN holds whitespace or characters a header cannot carry: strip it"
+    ), result.problem
+
+
+# -- Ctrl-C -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
+def test_ctrl_c_stops_at_once_with_exit_status_130(good: FakeAzureOpenAI, config: Config) -> None:
+    good.script(Stall(60))
+    path = config(("stuck", good.url, GOOD))
+    # The handler is set in the child: a shell may start background jobs with SIGINT ignored.
+    program = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from openai_lb.__main__ import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", program, "check", str(path), "--timeout", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "GOOD_KEY": GOOD_KEY},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not good.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert good.requests, "the probe never arrived"
+        interrupted = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        try:
+            out, err = child.communicate(timeout=8)
+        except subprocess.TimeoutExpired:
+            pytest.fail("Ctrl-C waited for the running probe to time out")
+        took = time.monotonic() - interrupted
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+
+    assert child.returncode == 130, (child.returncode, out, err)
+    assert "interrupted" in err, err
+    assert "Traceback" not in err, err
+    assert took < 5, f"stopping took {took:.1f} s"
