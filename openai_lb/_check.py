@@ -181,8 +181,8 @@ def check_backends(
     transport: Any = None,
     proxy: str | None = None,
 ) -> CheckReport:
-    """Probe ``backends`` in parallel, each with its own credential, else ``$AZURE_OPENAI_API_KEY``, else
-    ``$AZURE_OPENAI_AD_TOKEN`` (as a bearer token) from ``environ``.
+    """Probe ``backends`` in parallel, each with its own credential, else ``$AZURE_OPENAI_AD_TOKEN`` (as a
+    bearer token), else ``$AZURE_OPENAI_API_KEY`` from ``environ``: what the SDK's Azure client would send.
 
     ``deployments`` are caller names checked on every backend (through its mapping) on top of the
     backends' mapped ones. Like the balanced clients, the probes ignore proxy environment variables:
@@ -386,10 +386,11 @@ class _Prober:
             if not isinstance(token, str) or not token:
                 return _Credential(None, {}, None, "the token provider returned no token")
             source, header, value = "token provider", "authorization", token
-        elif self._shared_key is not None:
-            source, header, value = "$AZURE_OPENAI_API_KEY", "api-key", self._shared_key
+        # The SDK's own order: with both set, an Azure client sends the Entra ID token.
         elif self._shared_token is not None:
             source, header, value = "$AZURE_OPENAI_AD_TOKEN", "authorization", self._shared_token
+        elif self._shared_key is not None:
+            source, header, value = "$AZURE_OPENAI_API_KEY", "api-key", self._shared_key
         else:
             return _Credential(
                 None,

@@ -243,7 +243,7 @@ def check(
 ) -> None:
     """Probe every backend without spending tokens: reachable, credential accepted, deployments present.
 
-    A backend uses its own key (api_key_env in the file), else $AZURE_OPENAI_API_KEY, else $AZURE_OPENAI_AD_TOKEN.
+    A backend uses its own key (api_key_env in the file), else $AZURE_OPENAI_AD_TOKEN, else $AZURE_OPENAI_API_KEY.
 
     Exit status: 0 all passed, 1 a backend has a problem, 2 a bad file or option, 3 an internal error, 130 interrupted.
     """

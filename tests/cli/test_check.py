@@ -713,7 +713,7 @@ def test_a_keyless_backend_uses_the_environments_entra_token_as_a_bearer_token(
     assert AD_TOKEN not in out
 
 
-def test_the_environments_key_comes_before_its_entra_token(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environments_entra_token_comes_before_its_key_as_in_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str | None, str | None]] = []
 
     def handler(request: Any) -> Any:
@@ -726,8 +726,8 @@ def test_the_environments_key_comes_before_its_entra_token(monkeypatch: pytest.M
         environ={"AZURE_OPENAI_API_KEY": "env-key", "AZURE_OPENAI_AD_TOKEN": "env-token"},
     )
 
-    assert found.backends[0].credential == "$AZURE_OPENAI_API_KEY"
-    assert seen == [("env-key", None)]
+    assert found.backends[0].credential == "$AZURE_OPENAI_AD_TOKEN"
+    assert seen == [(None, "Bearer env-token")]
 
 
 def test_an_unsendable_entra_token_in_the_environment_is_reported_not_sent() -> None:
