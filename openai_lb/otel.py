@@ -26,9 +26,10 @@ named by their name and host.
 
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -244,22 +245,24 @@ class _Instruments:
         return [status for ref in refs if (balancer := ref()) is not None for status in balancer.status()]
 
     def _observe_available(self, options: CallbackOptions) -> Iterable[Observation]:
-        available: dict[str, bool] = {}
-        names: dict[str, str] = {}
-        for status in self._statuses():
-            up = status.state in _USABLE
-            available[status.url] = available.get(status.url, False) or up
-            names.setdefault(status.url, status.name)
-        return [Observation(1 if up else 0, _backend_attributes(names[url], url)) for url, up in available.items()]
+        # A backend several clients share is available if any of them may use it.
+        return self._per_backend(lambda status: int(status.state in _USABLE), max)
 
     def _observe_active(self, options: CallbackOptions) -> Iterable[Observation]:
         # Counters are per balancer: clients sharing a backend add up.
-        active: dict[str, int] = {}
+        return self._per_backend(lambda status: status.in_flight, operator.add)
+
+    def _per_backend(
+        self, value: Callable[[BackendStatus], int], combine: Callable[[int, int], int]
+    ) -> list[Observation]:
+        """One observation per backend URL over every attached balancer."""
+        values: dict[str, int] = {}
         names: dict[str, str] = {}
         for status in self._statuses():
-            active[status.url] = active.get(status.url, 0) + status.in_flight
+            found = values.get(status.url)
+            values[status.url] = value(status) if found is None else combine(found, value(status))
             names.setdefault(status.url, status.name)
-        return [Observation(count, _backend_attributes(names[url], url)) for url, count in active.items()]
+        return [Observation(count, _backend_attributes(names[url], url)) for url, count in values.items()]
 
 
 _instruments: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = weakref.WeakKeyDictionary()
