@@ -9,13 +9,13 @@ the backend. The caller's request is never modified: each attempt is built anew.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from ._config import Backend
 
-__all__ = ["Outgoing", "RequestTemplate"]
+__all__ = ["Header", "Outgoing", "RequestTemplate", "lowered"]
 
 _OPENAI = b"/openai/"
 _DEPLOYMENTS = b"/openai/deployments/"
@@ -26,7 +26,13 @@ _DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding", b"cookie
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _CREDENTIALS = frozenset({b"api-key", b"authorization"})
 
-RawHeaders = Sequence[tuple[bytes, bytes]]
+Header = tuple[bytes, bytes, bytes]
+"""One header as (name as sent, name lowercased, value): the form httpx and httpx2 keep headers in."""
+
+
+def lowered(headers: Iterable[tuple[bytes, bytes]]) -> list[Header]:
+    """``(name, value)`` pairs as ``Header`` triples."""
+    return [(name, name.lower(), value) for name, value in headers]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +40,7 @@ class Outgoing:
     """One attempt's URL, complete headers (``Host`` and ``Content-Length`` included) and body."""
 
     url: str
-    headers: list[tuple[bytes, bytes]]
+    headers: list[Header]
     body: bytes | None
 
 
@@ -43,14 +49,14 @@ class RequestTemplate:
 
     __slots__ = ("_body_json", "_dep_end", "_dep_start", "_headers", "_raw_path", "_suffix_at", "body", "deployment")
 
-    def __init__(self, raw_path: bytes, headers: RawHeaders, body: bytes) -> None:
+    def __init__(self, raw_path: bytes, headers: Sequence[Header], body: bytes) -> None:
         self._raw_path = raw_path
         kept = []
         framed = False
-        for name, value in headers:
-            lower = name.lower()
+        for header in headers:
+            lower = header[1]
             if lower not in _DROPPED:
-                kept.append((name, value))
+                kept.append(header)
             elif lower in _FRAMING:
                 framed = True
         self._headers = kept
@@ -84,8 +90,8 @@ class RequestTemplate:
                 self.deployment = parsed["model"]
 
     def _is_json(self) -> bool:
-        for name, value in self._headers:
-            if name.lower() == b"content-type":
+        for _, name, value in self._headers:
+            if name == b"content-type":
                 return value.split(b";", 1)[0].strip().lower() == b"application/json"
         return False
 
@@ -101,12 +107,12 @@ class RequestTemplate:
             body = json.dumps({**self._body_json, "model": deployment}, separators=(",", ":")).encode()
         path = raw_path[self._suffix_at :].decode("ascii", "replace")
         url = f"{backend.scheme}://{backend.netloc}{backend.prefix}{path}"
+        host = (b"Host", b"host", backend.netloc.encode())
         if credential is None:
-            headers = [(b"Host", backend.netloc.encode()), *self._headers]
+            headers = [host, *self._headers]
         else:
-            headers = [(b"Host", backend.netloc.encode())]
-            headers += [(n, v) for n, v in self._headers if n.lower() not in _CREDENTIALS]
-            headers.append(credential)
+            headers = [host, *[header for header in self._headers if header[1] not in _CREDENTIALS]]
+            headers.append((credential[0], credential[0].lower(), credential[1]))
         if body is not None:
-            headers.append((b"Content-Length", str(len(body)).encode()))
+            headers.append((b"Content-Length", b"content-length", str(len(body)).encode()))
         return Outgoing(url, headers, body)

@@ -18,7 +18,7 @@ from ._core import Answer, Attempt, Balancer, Call, Clock
 from ._errors import ConfigurationError
 from ._events import EventHook
 from ._health import HealthStore
-from ._rewrite import RequestTemplate
+from ._rewrite import Header, RequestTemplate, lowered
 
 __all__ = ["BACKEND_HEADER", "BalancingShell", "client_wait_limit"]
 
@@ -58,6 +58,31 @@ def _refuse_awaitable(token: object, backend: Backend) -> None:
     )
 
 
+def _keeps_header_triples(http: Any) -> bool:
+    """Whether ``http.Headers`` keeps its headers in ``_list`` as ``Header`` triples, and takes them back.
+
+    Not public API, but httpx (0.18 on) and httpx2 both do, and reading and writing that list
+    directly saves lowercasing the caller's headers and then normalising every attempt's again
+    (about a fifth of the transport's cost). Checked once against the public API: should a
+    version store headers differently, the shell goes through the public API instead.
+    """
+    sample = [(b"Host", b"h.example"), (b"X-Name", b"v"), (b"Content-Length", b"2")]
+    try:
+        normalised = http.Headers(sample)
+        built = http.Headers()
+        built._list = lowered(sample)
+        request = http.Request("POST", "http://h.example/", headers=built, stream=http.ByteStream(b"{}"))
+        return (
+            normalised._list == lowered(sample)
+            and isinstance(request.headers._list, list)
+            and request.headers.raw == sample
+            and request.headers["x-name"] == "v"
+            and request.headers == normalised
+        )
+    except Exception:
+        return False
+
+
 def _token_of(backend: Backend) -> object:
     provider = backend.azure_ad_token_provider
     return None if provider is None else provider()
@@ -80,6 +105,13 @@ class BalancingShell:
     """What the inner transport raises for a backend that is down, refusing, or too slow."""
     _local_errors: ClassVar[tuple[type[BaseException], ...]]
     """Failover errors that are this machine's fault (bad header, full pool): they propagate."""
+    _header_triples: ClassVar[bool] = False
+    """Whether the bound module's ``Headers`` keep ``Header`` triples that can be read and written directly."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_http" in cls.__dict__:
+            cls._header_triples = _keeps_header_triples(cls._http)
 
     def __init__(
         self,
@@ -139,7 +171,20 @@ class BalancingShell:
     # -- the pieces both loops share
 
     def _template(self, request: Any, body: bytes) -> RequestTemplate:
-        return RequestTemplate(request.url.raw_path, request.headers.raw, body)
+        headers = request.headers
+        triples = headers._list if self._header_triples and isinstance(headers, self._http.Headers) else None
+        if triples is None:
+            triples = lowered(headers.raw)
+        return RequestTemplate(request.url.raw_path, triples, body)
+
+    def _headers(self, triples: list[Header]) -> Any:
+        """The bound module's ``Headers`` holding ``triples``, without normalising them again."""
+        http = self._http
+        if not self._header_triples:
+            return http.Headers([(name, value) for name, _, value in triples])
+        headers = http.Headers()
+        headers._list = triples
+        return headers
 
     def _build(self, request: Any, template: RequestTemplate, attempt: Attempt, credential: Any) -> Any:
         outgoing = template.for_backend(attempt.backend, attempt.deployment, credential)
@@ -153,7 +198,11 @@ class BalancingShell:
         # A stream (not content=) keeps the library from re-deriving headers the template already set.
         body = b"" if outgoing.body is None else outgoing.body
         attempt_request = http.Request(
-            request.method, url, headers=outgoing.headers, stream=http.ByteStream(body), extensions=request.extensions
+            request.method,
+            url,
+            headers=self._headers(outgoing.headers),
+            stream=http.ByteStream(body),
+            extensions=request.extensions,
         )
         attempt_request.read()  # inner transports (mocks especially) may read `.content`
         return attempt_request

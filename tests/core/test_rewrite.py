@@ -8,21 +8,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from openai_lb import Backend
-from openai_lb._rewrite import RequestTemplate
+from openai_lb._rewrite import Header, RequestTemplate, lowered
 
 CHAT = b"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
-SDK_HEADERS = [
-    (b"Host", b"client-endpoint.openai.azure.com"),
-    (b"Content-Type", b"application/json"),
-    (b"Content-Length", b"42"),
-    (b"api-key", b"CLIENT-KEY"),
-    (b"Authorization", b"Bearer CLIENT-KEY"),
-    (b"X-Stainless-Retry-Count", b"0"),
-]
+SDK_HEADERS = lowered(
+    [
+        (b"Host", b"client-endpoint.openai.azure.com"),
+        (b"Content-Type", b"application/json"),
+        (b"Content-Length", b"42"),
+        (b"api-key", b"CLIENT-KEY"),
+        (b"Authorization", b"Bearer CLIENT-KEY"),
+        (b"X-Stainless-Retry-Count", b"0"),
+    ]
+)
 
 
-def names(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-    return {n.lower(): v for n, v in headers}
+def names(headers: list[Header]) -> dict[bytes, bytes]:
+    assert all(lower == name.lower() for name, lower, _ in headers), "each triple carries its name lowercased"
+    return {lower: v for _, lower, v in headers}
 
 
 def test_origin_and_prefix_follow_the_backend_and_the_sdk_path_is_kept() -> None:
@@ -32,17 +35,17 @@ def test_origin_and_prefix_follow_the_backend_and_the_sdk_path_is_kept() -> None
 
 
 def test_host_and_length_headers_follow_the_backend_and_the_body_sent() -> None:
-    template = RequestTemplate(CHAT, [*SDK_HEADERS, (b"Transfer-Encoding", b"chunked")], b"{}")
+    template = RequestTemplate(CHAT, [*SDK_HEADERS, *lowered([(b"Transfer-Encoding", b"chunked")])], b"{}")
     out = template.for_backend(Backend("http://B.example.com:8080/pre"), "gpt-4o", None)
     headers = names(out.headers)
     assert headers[b"host"] == b"b.example.com:8080"
     assert headers[b"content-length"] == b"2"
     assert b"transfer-encoding" not in headers
-    assert sum(1 for n, _ in out.headers if n.lower() == b"host") == 1
+    assert sum(1 for _, lower, _ in out.headers if lower == b"host") == 1
 
 
 def test_a_request_without_body_framing_gets_no_body() -> None:
-    out = RequestTemplate(b"/openai/models", [(b"Host", b"x")], b"").for_backend(
+    out = RequestTemplate(b"/openai/models", lowered([(b"Host", b"x")]), b"").for_backend(
         Backend("https://b.example.com"), None, None
     )
     assert out.body is None
@@ -60,7 +63,7 @@ def test_a_backend_key_replaces_every_client_credential_including_the_sdk_1x_bea
     headers = names(out.headers)
     assert headers[b"api-key"] == b"B-KEY"
     assert b"authorization" not in headers, "the client's key sent as a Bearer token must not leak"
-    assert b"CLIENT-KEY" not in b"".join(v for _, v in out.headers)
+    assert b"CLIENT-KEY" not in b"".join(v for _, _, v in out.headers)
 
 
 def test_a_backend_token_replaces_the_api_key() -> None:
@@ -88,7 +91,7 @@ def test_percent_encoded_deployment_names_round_trip() -> None:
 
 def test_v1_and_responses_paths_take_the_deployment_from_the_body_model() -> None:
     body = json.dumps({"model": "gpt-4o", "input": "hi"}).encode()
-    headers = [(b"content-type", b"application/json")]
+    headers = lowered([(b"content-type", b"application/json")])
     template = RequestTemplate(b"/openai/v1/responses", headers, body)
     assert template.deployment == "gpt-4o"
     same = template.for_backend(Backend("https://a.example.com"), "gpt-4o", None)
@@ -99,7 +102,9 @@ def test_v1_and_responses_paths_take_the_deployment_from_the_body_model() -> Non
 
 
 def test_requests_naming_no_deployment_have_none() -> None:
-    template = RequestTemplate(b"/openai/files?api-version=1", [(b"content-type", b"multipart/form-data; b=x")], b"--x")
+    template = RequestTemplate(
+        b"/openai/files?api-version=1", lowered([(b"content-type", b"multipart/form-data; b=x")]), b"--x"
+    )
     assert template.deployment is None
     assert template.for_backend(Backend("https://b.example.com"), None, None).body == b"--x"
 
@@ -111,13 +116,13 @@ def test_a_path_without_openai_is_appended_to_the_backend_url_whole() -> None:
 
 @given(path=st.binary(max_size=80), body=st.binary(max_size=80))
 def test_any_path_and_body_build_an_attempt_without_raising(path: bytes, body: bytes) -> None:
-    template = RequestTemplate(path, [(b"content-type", b"application/json")], body)
+    template = RequestTemplate(path, lowered([(b"content-type", b"application/json")]), body)
     out = template.for_backend(Backend("https://b.example.com"), "x", (b"api-key", b"k"))
     assert out.url.startswith("https://b.example.com")
 
 
 def test_cookies_from_the_clients_jar_are_not_forwarded() -> None:
-    template = RequestTemplate(CHAT, [*SDK_HEADERS, (b"Cookie", b"gw_session=one-backends-secret")], b"{}")
+    template = RequestTemplate(CHAT, [*SDK_HEADERS, *lowered([(b"Cookie", b"gw_session=one-backends-secret")])], b"{}")
     out = template.for_backend(Backend("https://b.example.com"), "gpt-4o", None)
     assert b"cookie" not in names(out.headers)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
 
 from openai_lb import Backend, ConfigurationError, InMemoryHealthStore
+from openai_lb._shell import _keeps_header_triples
 
 CHAT_URL = "https://client.example.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 PTU = Backend("https://ptu.example.com", priority=1, api_key="PTU-KEY", name="ptu")
@@ -145,6 +146,50 @@ def test_the_callers_request_is_never_mutated(http: ModuleType, transport_cls: t
     before = (str(request.url), list(request.headers.raw), request.read())
     make(transport_cls, inner).handle_request(request)
     assert (str(request.url), list(request.headers.raw), request.read()) == before
+
+
+def test_the_installed_stack_takes_header_triples_directly(transport_cls: type[Any]) -> None:
+    """The shortcut past header normalisation is in use here; if a release of the HTTP library stores
+    headers differently this fails, and the transport still works through the public API."""
+    assert transport_cls._header_triples
+
+
+def test_a_library_keeping_headers_otherwise_gets_the_public_api(http: ModuleType) -> None:
+    class PairHeaders(http.Headers):  # type: ignore[name-defined,misc]
+        def __init__(self, headers: Any = None, encoding: str | None = None) -> None:
+            super().__init__(headers, encoding)
+            self._list = [(name, value) for name, _, value in self._list]
+
+    assert _keeps_header_triples(http)
+    assert not _keeps_header_triples(SimpleNamespace(**{**vars(http), "Headers": PairHeaders}))
+    assert not _keeps_header_triples(SimpleNamespace(Headers=dict))
+
+
+@pytest.mark.parametrize("shortcut", [True, False], ids=["triples", "public-api"])
+def test_attempts_are_built_alike_with_and_without_the_header_shortcut(
+    http: ModuleType, transport_cls: type[Any], monkeypatch: pytest.MonkeyPatch, shortcut: bool
+) -> None:
+    monkeypatch.setattr(transport_cls, "_header_triples", shortcut)
+    seen: list[Any] = []
+    inner = by_host(http, {"ptu.example.com": [http.Response(503)], "paygo.example.com": [ok(http)]}, seen)
+    request = chat_request(http, cookies={"gw": "secret"})
+    assert "cookie" in request.headers
+    response = make(transport_cls, inner).handle_request(request)
+    assert response.headers["x-openai-lb-backend"] == "paygo"
+    ptu, paygo = seen
+    body = request.read()
+    kept = [(n, v) for n, v in request.headers.raw if n.lower() not in (b"host", b"content-length", b"cookie")]
+    length = (b"Content-Length", str(len(body)).encode())
+    assert paygo.headers.raw == [(b"Host", b"paygo.example.com"), *kept, length]
+    ptu_kept = [(n, v) for n, v in kept if n.lower() not in (b"api-key", b"authorization")]
+    assert ptu.headers.raw == [(b"Host", b"ptu.example.com"), *ptu_kept, (b"api-key", b"PTU-KEY"), length]
+    for attempt in seen:
+        assert attempt.read() == body
+        assert attempt.headers["content-type"] == "application/json"
+        assert "cookie" not in attempt.headers
+        assert attempt.headers._list == http.Headers(attempt.headers.raw)._list, "as the library normalises them"
+    attempt.headers["X-Added"] = "1"
+    assert "x-added" not in request.headers, "an inner transport changing an attempt leaves the caller's alone"
 
 
 def test_multipart_bodies_are_resent_intact_on_failover(http: ModuleType, transport_cls: type[Any]) -> None:
