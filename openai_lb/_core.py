@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._config import Backend, Policy, validate_backends
 from ._events import (
@@ -39,9 +40,12 @@ log = logging.getLogger("openai_lb")
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """Send the request to ``backend``, naming ``deployment`` (the backend's own name for it)."""
+class Attempt(NamedTuple):
+    """Send the request to ``backend``, naming ``deployment`` (the backend's own name for it).
+
+    Immutable like the frozen dataclasses around it, but one is built per attempt on the hot path
+    and a tuple is built in half the time of a frozen dataclass.
+    """
 
     backend: Backend
     deployment: str | None

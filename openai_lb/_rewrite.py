@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from ._config import Backend
@@ -35,8 +35,7 @@ def lowered(headers: Iterable[tuple[bytes, bytes]]) -> list[Header]:
     return [(name, name.lower(), value) for name, value in headers]
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One attempt's URL, complete headers (``Host`` and ``Content-Length`` included) and body."""
 
     url: str
