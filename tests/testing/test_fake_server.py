@@ -129,7 +129,9 @@ def test_streaming_with_include_usage_adds_a_usage_chunk(server: FakeAzureOpenAI
 
 
 def test_streaming_sends_each_event_as_soon_as_it_is_ready() -> None:
-    with FakeAzureOpenAI(stream_chunks=3, chunk_delay=0.1) as server:
+    # Two delays of 0.25 s between three events; a buffering server would deliver all three at once.
+    # Asking for one delay's worth leaves a loaded machine 0.25 s to read the first event late.
+    with FakeAzureOpenAI(stream_chunks=3, chunk_delay=0.25) as server:
         stream = azure_client(server).chat.completions.create(
             model="gpt-4o",
             messages=HI,
@@ -138,7 +140,7 @@ def test_streaming_sends_each_event_as_soon_as_it_is_ready() -> None:
         arrivals = [time.perf_counter() for _ in stream]
 
     assert len(arrivals) == 3
-    assert arrivals[-1] - arrivals[0] >= 0.15, (
+    assert arrivals[-1] - arrivals[0] >= 0.25, (
         f"events arrived {arrivals[-1] - arrivals[0]:.3f}s apart; the first event must be flushed "
         "before the server sleeps for the next ones"
     )
