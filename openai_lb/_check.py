@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote, quote_plus, urlsplit
 
-from ._clients import sdk_transport_class
 from ._config import Backend, header_safe
+from ._stacks import sdk_stack
 
 __all__ = [
     "AD_TOKEN_ENV",
@@ -163,7 +163,7 @@ def proxy_problem(url: str) -> str | None:
     if parts.scheme not in _PROXY_SCHEMES or not parts.hostname:
         return "must be a URL like http://proxy:3128 (http, https or socks5, with a host)"
     try:
-        sdk_transport_class()._http.HTTPTransport(proxy=url).close()
+        sdk_stack().module.HTTPTransport(proxy=url).close()
     except ImportError:
         return "a SOCKS proxy needs the socksio package (the HTTP library's 'socks' extra)"
     except ValueError:
@@ -198,8 +198,8 @@ def check_backends(
         problem = proxy_problem(proxy)
         if problem is not None:
             raise ValueError(f"proxy {problem}")
-    stack = sdk_transport_class()
-    http = stack._http
+    stack = sdk_stack()
+    http = stack.module
     env = os.environ if environ is None else environ
     # As the balanced clients do: a transport of their own, so HTTP(S)_PROXY and the like never apply.
     options: dict[str, Any] = {"timeout": timeout, "follow_redirects": False, "trust_env": False}
@@ -212,8 +212,8 @@ def check_backends(
         prober = _Prober(
             client,
             http=http,
-            failover=stack._failover_errors,
-            local=stack._local_errors,
+            failover=stack.failover_errors,
+            local=stack.local_errors,
             api_version=api_version,
             timeout=timeout,
             shared_key=env.get(API_KEY_ENV) or None,

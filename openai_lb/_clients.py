@@ -19,29 +19,27 @@ from ._errors import ConfigurationError
 from ._events import EventHook, hooks_from
 from ._health import HealthStore
 from ._shell import BalancingShell
+from ._stacks import HttpStack, sdk_stack
 
 __all__ = [
     "BACKEND_CREDENTIALS_ONLY",
-    "OWNED_MARK",
     "AsyncAzureOpenAI",
     "AzureOpenAI",
     "Balancing",
-    "sdk_transport_class",
+    "transport_class",
 ]
 
 # Sent by the SDK when every backend brings its own credential; the transport always
 # replaces it, so it never reaches a backend.
 BACKEND_CREDENTIALS_ONLY = "openai-lb-uses-backend-credentials"
-# Marks the http clients openai_lb builds, so patch() knows which ones it may discard.
-OWNED_MARK = "_openai_lb_owned"
 _CLIENT_CREDENTIALS = ("api_key", "azure_ad_token", "azure_ad_token_provider")
 _CREDENTIAL_ENV = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN")
 
 
-def sdk_transport_class() -> type[BalancingShell]:
-    """The balancing transport for the HTTP library the installed SDK builds its clients on."""
-    stack = {cls.__module__.split(".")[0] for cls in openai.DefaultHttpxClient.__mro__}
-    if "httpx2" in stack:
+def transport_class(stack: HttpStack | None = None) -> type[BalancingShell]:
+    """The balancing transport for ``stack``; by default for the library the installed SDK is built on."""
+    name = (stack or sdk_stack()).name
+    if name == "httpx2":
         from ._httpx2 import HTTPX2Transport
 
         return HTTPX2Transport
@@ -81,7 +79,7 @@ def _balanced_kwargs(owner: type[Any], kwargs: dict[str, Any], given: Balancing,
         if named:
             raise ConfigurationError(
                 f"{owner.__name__}: {', '.join(named)} would be ignored next to http_client= (used as given, not "
-                f"balanced). To combine them, build your client around openai_lb.{sdk_transport_class().__name__}"
+                f"balanced). To combine them, build your client around openai_lb.{transport_class().__name__}"
                 f"(backends, ...) with those arguments, and pass only http_client=."
             )
         return kwargs
@@ -115,11 +113,10 @@ def _balanced_kwargs(owner: type[Any], kwargs: dict[str, Any], given: Balancing,
     ):
         # The SDK insists on an endpoint; the transport replaces it with each backend's anyway.
         kwargs["azure_endpoint"] = first_of(checked).key
-    transport: Any = sdk_transport_class()(checked, policy=policy, health_store=health_store, on_event=on_event)
+    transport: Any = transport_class()(checked, policy=policy, health_store=health_store, on_event=on_event)
     http_client_class = openai.DefaultAsyncHttpxClient if is_async else openai.DefaultHttpxClient
     # A redirect's target would be rewritten to a backend again: hand 3xx answers to the caller instead.
     http_client = http_client_class(transport=transport, follow_redirects=False)
-    setattr(http_client, OWNED_MARK, True)
     kwargs["http_client"] = http_client
     return kwargs
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import httpx
 
 from ._shell import BalancingShell
+from ._stacks import HttpStack, load_stack
 
 __all__ = ["HTTPXTransport"]
 
@@ -17,10 +18,4 @@ class HTTPXTransport(BalancingShell, httpx.BaseTransport, httpx.AsyncBaseTranspo
     ``httpx.Client(transport=HTTPXTransport([Backend("https://a.openai.azure.com")]))``
     """
 
-    _http: ClassVar[Any] = httpx
-    _failover_errors: ClassVar[tuple[type[BaseException], ...]] = (httpx.TransportError,)
-    _local_errors: ClassVar[tuple[type[BaseException], ...]] = (
-        httpx.LocalProtocolError,
-        httpx.UnsupportedProtocol,
-        httpx.PoolTimeout,
-    )
+    _stack: ClassVar[HttpStack] = load_stack("httpx")

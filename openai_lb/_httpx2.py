@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import ssl
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import anyio
 import httpx2
 
 from ._shell import BalancingShell
+from ._stacks import HttpStack, load_stack
 
 __all__ = ["HTTPX2Transport"]
 
@@ -19,15 +18,4 @@ class HTTPX2Transport(BalancingShell, httpx2.BaseTransport, httpx2.AsyncBaseTran
     ``httpx2.Client(transport=HTTPX2Transport([Backend("https://a.openai.azure.com")]))``
     """
 
-    _http: ClassVar[Any] = httpx2
-    # httpx2 lets some TLS and stream-end failures of its I/O layer through unmapped.
-    _failover_errors: ClassVar[tuple[type[BaseException], ...]] = (
-        httpx2.TransportError,
-        ssl.SSLError,
-        anyio.EndOfStream,
-    )
-    _local_errors: ClassVar[tuple[type[BaseException], ...]] = (
-        httpx2.LocalProtocolError,
-        httpx2.UnsupportedProtocol,
-        httpx2.PoolTimeout,
-    )
+    _stack: ClassVar[HttpStack] = load_stack("httpx2")

@@ -15,7 +15,7 @@ from typing import Any
 import openai
 import openai.lib.azure as sdk_azure
 
-from ._clients import BACKEND_CREDENTIALS_ONLY, OWNED_MARK, AsyncAzureOpenAI, AzureOpenAI, Balancing
+from ._clients import AsyncAzureOpenAI, AzureOpenAI, Balancing
 from ._config import Backend, Policy, validate_backends
 from ._events import EventHook, hooks_from
 from ._health import HealthStore
@@ -25,6 +25,8 @@ __all__ = ["Patch", "is_patched", "patch", "unpatch"]
 
 _lock = threading.Lock()
 _originals: dict[str, Any] = {}
+# The SDK's own default http clients, which it stores where the module-level client keeps its settings.
+_SDK_DEFAULT_CLIENTS = frozenset({"SyncHttpxClientWrapper", "AsyncHttpxClientWrapper"})
 # The module-level client's class is looked up by name each time the SDK builds it.
 _NAMES = ("AzureOpenAI", "AsyncAzureOpenAI", "_AzureModuleClient")
 
@@ -44,6 +46,39 @@ class _DefersToSDK(type):
         if "_openai_lb_original" in cls.__dict__:
             return issubclass(subclass, cls._openai_lb_original)
         return type.__subclasscheck__(cls, subclass)
+
+
+class _OwnModuleSettings:
+    """Keeps a balancing module-level client's http client and key on the instance.
+
+    The SDK's module-level client reads and writes them as module globals (``openai.http_client``,
+    ``openai.api_key``). Kept there, a swap would have to clear them, pulling the http client out
+    from under calls in flight, and would leave a balancing client or the placeholder key behind for
+    the SDK's own class. Kept here, the globals stay the application's (or the SDK's) throughout.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        given = kwargs.get("http_client")
+        # The SDK hands over the global, which holds its own default client once its class has run.
+        if given is not None and type(given).__name__ in _SDK_DEFAULT_CLIENTS:
+            kwargs["http_client"] = None
+        super().__init__(**kwargs)
+
+    @property
+    def _client(self) -> Any:
+        return self.__dict__["_openai_lb_http_client"]
+
+    @_client.setter
+    def _client(self, value: Any) -> None:
+        self.__dict__["_openai_lb_http_client"] = value
+
+    @property
+    def api_key(self) -> Any:
+        return self.__dict__.get("_openai_lb_api_key")
+
+    @api_key.setter
+    def api_key(self, value: Any) -> None:
+        self.__dict__["_openai_lb_api_key"] = value
 
 
 class Patch:
@@ -104,7 +139,7 @@ def patch(
         )
         module_cls = _DefersToSDK(
             "_AzureModuleClient",
-            (_originals["_AzureModuleClient"], sync_cls),
+            (_OwnModuleSettings, _originals["_AzureModuleClient"], sync_cls),
             {"_openai_lb_original": _originals["_AzureModuleClient"], "__module__": __name__},
         )
         _install(sync_cls, async_cls, module_cls)
@@ -131,11 +166,3 @@ def _install(*classes: type) -> None:
     # A module-level client built before the swap would keep its old transport.
     if isinstance(getattr(openai, "_client", None), classes[0]):
         openai._reset_client()
-    # The module-level client writes its http client and key back into the SDK's settings. One that
-    # the SDK or openai_lb made for it must not outlive this swap (it would keep, or skip, balancing);
-    # one the application set itself stays.
-    http_client = getattr(openai, "http_client", None)
-    if getattr(http_client, OWNED_MARK, False) or type(http_client).__name__ == "SyncHttpxClientWrapper":
-        openai.http_client = None
-    if getattr(openai, "api_key", None) == BACKEND_CREDENTIALS_ONLY:
-        openai.api_key = None

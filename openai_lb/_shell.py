@@ -18,7 +18,8 @@ from ._core import Answer, Attempt, Balancer, Call, Clock
 from ._errors import ConfigurationError
 from ._events import EventHook
 from ._health import HealthStore
-from ._rewrite import Header, RequestTemplate, lowered
+from ._rewrite import RequestTemplate
+from ._stacks import HttpStack
 
 __all__ = ["BACKEND_HEADER", "BalancingShell", "client_wait_limit"]
 
@@ -58,31 +59,6 @@ def _refuse_awaitable(token: object, backend: Backend) -> None:
     )
 
 
-def _keeps_header_triples(http: Any) -> bool:
-    """Whether ``http.Headers`` keeps its headers in ``_list`` as ``Header`` triples, and takes them back.
-
-    Not public API, but httpx (0.18 on) and httpx2 both do, and reading and writing that list
-    directly saves lowercasing the caller's headers and then normalising every attempt's again
-    (about a fifth of the transport's cost). Checked once against the public API: should a
-    version store headers differently, the shell goes through the public API instead.
-    """
-    sample = [(b"Host", b"h.example"), (b"X-Name", b"v"), (b"Content-Length", b"2")]
-    try:
-        normalised = http.Headers(sample)
-        built = http.Headers()
-        built._list = lowered(sample)
-        request = http.Request("POST", "http://h.example/", headers=built, stream=http.ByteStream(b"{}"))
-        return (
-            normalised._list == lowered(sample)
-            and isinstance(request.headers._list, list)
-            and request.headers.raw == sample
-            and request.headers["x-name"] == "v"
-            and request.headers == normalised
-        )
-    except Exception:
-        return False
-
-
 def _token_of(backend: Backend) -> object:
     provider = backend.azure_ad_token_provider
     return None if provider is None else provider()
@@ -99,19 +75,8 @@ class BalancingShell:
     (see ``openai_lb.AttemptFinished`` and its siblings).
     """
 
-    _http: ClassVar[Any]
-    """The HTTP library module (httpx or httpx2) this shell is bound to."""
-    _failover_errors: ClassVar[tuple[type[BaseException], ...]]
-    """What the inner transport raises for a backend that is down, refusing, or too slow."""
-    _local_errors: ClassVar[tuple[type[BaseException], ...]]
-    """Failover errors that are this machine's fault (bad header, full pool): they propagate."""
-    _header_triples: ClassVar[bool] = False
-    """Whether the bound module's ``Headers`` keep ``Header`` triples that can be read and written directly."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "_http" in cls.__dict__:
-            cls._header_triples = _keeps_header_triples(cls._http)
+    _stack: ClassVar[HttpStack]
+    """The HTTP library (httpx or httpx2) this shell is bound to."""
 
     def __init__(
         self,
@@ -132,7 +97,7 @@ class BalancingShell:
         if wall_clock is not None:
             options["wall_clock"] = wall_clock
         self.balancer = Balancer(backends, client_wait_limit=client_wait_limit(), **options)
-        http = self._http
+        http = self._stack.module
         if async_transport is None and isinstance(transport, http.AsyncBaseTransport):
             async_transport = transport
         if transport is None and isinstance(async_transport, http.BaseTransport):
@@ -141,6 +106,8 @@ class BalancingShell:
         self._async_inner = async_transport
         self._lock = threading.Lock()
         self._urls: dict[str, Any] = {}
+        # Set by close(): the connections an attempt still waits on are going away on purpose.
+        self._closing = False
 
     @property
     def backends(self) -> tuple[Backend, ...]:
@@ -152,43 +119,30 @@ class BalancingShell:
     # -- inner transports, made on first use so a sync client never opens an async pool
 
     def _limits(self) -> Any:
-        return self._http.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=_MAX_KEEPALIVE)
+        return self._stack.module.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=_MAX_KEEPALIVE)
 
     def _sync_transport(self) -> Any:
         if self._sync_inner is None:
             with self._lock:
                 if self._sync_inner is None:
-                    self._sync_inner = self._http.HTTPTransport(limits=self._limits())
+                    self._sync_inner = self._stack.module.HTTPTransport(limits=self._limits())
         return self._sync_inner
 
     def _async_transport(self) -> Any:
         if self._async_inner is None:
             with self._lock:
                 if self._async_inner is None:
-                    self._async_inner = self._http.AsyncHTTPTransport(limits=self._limits())
+                    self._async_inner = self._stack.module.AsyncHTTPTransport(limits=self._limits())
         return self._async_inner
 
     # -- the pieces both loops share
 
     def _template(self, request: Any, body: bytes) -> RequestTemplate:
-        headers = request.headers
-        triples = headers._list if self._header_triples and isinstance(headers, self._http.Headers) else None
-        if triples is None:
-            triples = lowered(headers.raw)
-        return RequestTemplate(request.url.raw_path, triples, body)
-
-    def _headers(self, triples: list[Header]) -> Any:
-        """The bound module's ``Headers`` holding ``triples``, without normalising them again."""
-        http = self._http
-        if not self._header_triples:
-            return http.Headers([(name, value) for name, _, value in triples])
-        headers = http.Headers()
-        headers._list = triples
-        return headers
+        return RequestTemplate(request.url.raw_path, self._stack.read_headers(request.headers), body)
 
     def _build(self, request: Any, template: RequestTemplate, attempt: Attempt, credential: Any) -> Any:
         outgoing = template.for_backend(attempt.backend, attempt.deployment, credential)
-        http = self._http
+        http = self._stack.module
         # Parsing a URL string costs more than the rest of an attempt; SDK paths repeat, so cache them.
         url = self._urls.get(outgoing.url)
         if url is None:
@@ -200,7 +154,7 @@ class BalancingShell:
         attempt_request = http.Request(
             request.method,
             url,
-            headers=self._headers(outgoing.headers),
+            headers=self._stack.build_headers(outgoing.headers),
             stream=http.ByteStream(body),
             extensions=request.extensions,
         )
@@ -208,7 +162,7 @@ class BalancingShell:
         return attempt_request
 
     def _answer(self, request: Any, answer: Answer) -> Any:
-        return self._http.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
+        return self._stack.module.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
 
     def _deliver(self, response: Any, attempt: Attempt) -> Any:
         response.headers[BACKEND_HEADER] = attempt.backend.name
@@ -224,7 +178,8 @@ class BalancingShell:
         call.skip(attempt, error)
 
     def _sent_failed(self, call: Call, attempt: Attempt, error: BaseException) -> None:
-        if isinstance(error, self._local_errors):
+        if self._closing or isinstance(error, self._stack.local_errors):
+            # A client closed under a request in flight, or this machine's error: no backend is to blame.
             call.release(attempt, error)
             raise error
         call.report_error(attempt, error)
@@ -255,7 +210,7 @@ class BalancingShell:
                 response = inner.handle_request(self._build(request, template, step, credential))
                 status = response.status_code
                 body = response.read() if call.needs_body(status) else None
-            except self._failover_errors as error:
+            except self._stack.failover_errors as error:
                 self._sent_failed(call, step, error)
                 continue
             except BaseException as error:
@@ -288,7 +243,7 @@ class BalancingShell:
                 response = await inner.handle_async_request(self._build(request, template, step, credential))
                 status = response.status_code
                 body = await response.aread() if call.needs_body(status) else None
-            except self._failover_errors as error:
+            except self._stack.failover_errors as error:
                 self._sent_failed(call, step, error)
                 continue
             except BaseException as error:  # cancellation included: the attempt is no longer in flight
@@ -299,9 +254,11 @@ class BalancingShell:
             await response.aclose()
 
     def close(self) -> None:
+        self._closing = True
         if self._sync_inner is not None:
             self._sync_inner.close()
 
     async def aclose(self) -> None:
+        self._closing = True
         if self._async_inner is not None:
             await self._async_inner.aclose()

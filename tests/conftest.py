@@ -12,7 +12,8 @@ import pytest
 from helpers import FakeClock
 
 import openai_lb
-from openai_lb._clients import sdk_transport_class
+from openai_lb._clients import transport_class
+from openai_lb._stacks import HttpStack, load_stack, sdk_stack
 
 
 @pytest.fixture
@@ -39,22 +40,27 @@ def _isolated_state() -> Iterator[None]:
     openai_lb.reset_state()
 
 
-def transport_class() -> type[Any]:
-    """The balancing transport for the stack under test (a legacy httpx client when asked)."""
+def stack_under_test() -> HttpStack:
+    """The HTTP stack the SDK is driven through: the SDK's own, or a legacy httpx client when asked."""
     if os.environ.get("OPENAI_LB_TEST_HTTP_STACK") == "httpx":
-        return openai_lb.HTTPXTransport
-    return sdk_transport_class()
+        return load_stack("httpx")
+    return sdk_stack()
 
 
 @pytest.fixture
-def transport_cls() -> type[Any]:
-    return transport_class()
+def stack() -> HttpStack:
+    return stack_under_test()
 
 
 @pytest.fixture
-def http(transport_cls: type[Any]) -> ModuleType:
+def transport_cls(stack: HttpStack) -> type[Any]:
+    return transport_class(stack)
+
+
+@pytest.fixture
+def http(stack: HttpStack) -> ModuleType:
     """The HTTP library module (httpx or httpx2) the tests drive."""
-    module: ModuleType = transport_cls._http
+    module: ModuleType = stack.module
     return module
 
 

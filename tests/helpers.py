@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-import openai
+from openai_lb._stacks import sdk_stack
 
 
 class FakeClock:
@@ -28,5 +27,5 @@ class FakeClock:
 
 def sdk_http_module() -> ModuleType:
     """The HTTP library the installed SDK is built on: httpx (openai 1.x, 2.x) or httpx2 (3.x)."""
-    base = openai.DefaultHttpxClient.__mro__[1]
-    return importlib.import_module(base.__module__.split(".")[0])
+    module: ModuleType = sdk_stack().module
+    return module

@@ -12,6 +12,7 @@ from helpers import FakeClock
 
 import openai_lb
 from openai_lb import Backend, InMemoryHealthStore, Policy
+from openai_lb._stacks import HttpStack
 from openai_lb.testing import FakeAzureOpenAI
 
 API_VERSION = "2024-10-21"
@@ -42,7 +43,7 @@ ClientFactory = Callable[..., Any]
 
 
 @pytest.fixture
-def balanced(transport_cls: type[Any]) -> Iterator[ClientFactory]:
+def balanced(transport_cls: type[Any], stack: HttpStack) -> Iterator[ClientFactory]:
     """Build a balanced SDK client, sync or async.
 
     Normally this is ``openai_lb.AzureOpenAI``; with a ``clock`` (or in the legacy-httpx
@@ -68,7 +69,7 @@ def balanced(transport_cls: type[Any]) -> Iterator[ClientFactory]:
         if clock is not None or LEGACY_HTTPX:
             timing = {"clock": clock, "wall_clock": clock.wall} if clock is not None else {}
             transport = transport_cls(backends, policy=policy, health_store=store, on_event=on_event, **timing)
-            http = transport_cls._http
+            http = stack.module
             kwargs.setdefault("azure_endpoint", "http://127.0.0.1:9")
             if is_async:
                 client: Any = openai.AsyncAzureOpenAI(http_client=http.AsyncClient(transport=transport), **kwargs)

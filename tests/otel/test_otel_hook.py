@@ -230,7 +230,7 @@ def test_available_backends_drops_while_a_backend_cools_and_comes_back(
         wall_clock=clock.wall,
         on_event=telemetry.hook,
     )
-    http = transport_cls._http
+    http = transport_cls._stack.module
     client = openai.AzureOpenAI(
         http_client=http.Client(transport=transport),
         azure_endpoint="http://127.0.0.1:9",

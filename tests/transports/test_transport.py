@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
 from types import ModuleType, SimpleNamespace
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from openai_lb import Backend, ConfigurationError, InMemoryHealthStore
-from openai_lb._shell import _keeps_header_triples
+from openai_lb._stacks import HttpStack, keeps_header_triples
 
 CHAT_URL = "https://client.example.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 PTU = Backend("https://ptu.example.com", priority=1, api_key="PTU-KEY", name="ptu")
@@ -148,10 +149,10 @@ def test_the_callers_request_is_never_mutated(http: ModuleType, transport_cls: t
     assert (str(request.url), list(request.headers.raw), request.read()) == before
 
 
-def test_the_installed_stack_takes_header_triples_directly(transport_cls: type[Any]) -> None:
+def test_the_installed_stack_takes_header_triples_directly(stack: HttpStack) -> None:
     """The shortcut past header normalisation is in use here; if a release of the HTTP library stores
     headers differently this fails, and the transport still works through the public API."""
-    assert transport_cls._header_triples
+    assert stack.header_triples
 
 
 def test_a_library_keeping_headers_otherwise_gets_the_public_api(http: ModuleType) -> None:
@@ -160,16 +161,16 @@ def test_a_library_keeping_headers_otherwise_gets_the_public_api(http: ModuleTyp
             super().__init__(headers, encoding)
             self._list = [(name, value) for name, _, value in self._list]
 
-    assert _keeps_header_triples(http)
-    assert not _keeps_header_triples(SimpleNamespace(**{**vars(http), "Headers": PairHeaders}))
-    assert not _keeps_header_triples(SimpleNamespace(Headers=dict))
+    assert keeps_header_triples(http)
+    assert not keeps_header_triples(SimpleNamespace(**{**vars(http), "Headers": PairHeaders}))
+    assert not keeps_header_triples(SimpleNamespace(Headers=dict))
 
 
 @pytest.mark.parametrize("shortcut", [True, False], ids=["triples", "public-api"])
 def test_attempts_are_built_alike_with_and_without_the_header_shortcut(
-    http: ModuleType, transport_cls: type[Any], monkeypatch: pytest.MonkeyPatch, shortcut: bool
+    http: ModuleType, stack: HttpStack, transport_cls: type[Any], monkeypatch: pytest.MonkeyPatch, shortcut: bool
 ) -> None:
-    monkeypatch.setattr(transport_cls, "_header_triples", shortcut)
+    monkeypatch.setattr(transport_cls, "_stack", dataclasses.replace(stack, header_triples=shortcut))
     seen: list[Any] = []
     inner = by_host(http, {"ptu.example.com": [http.Response(503)], "paygo.example.com": [ok(http)]}, seen)
     request = chat_request(http, cookies={"gw": "secret"})
