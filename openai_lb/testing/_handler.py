@@ -259,13 +259,9 @@ class Handler(BaseHTTPRequestHandler):
         length_header = self.headers.get("content-length")
         if length_header is None:
             return b""
-        try:
-            length = int(length_header)
-        except ValueError:
-            length = -1
+        length = _size(length_header, 10)
         if length < 0:
-            self.close_connection = True
-            self._send(error(400, "BadRequest", "The Content-Length header is invalid."))
+            self._refuse_body("The Content-Length header is invalid.")
             return None
         body = self.rfile.read(length)
         if len(body) < length:
@@ -277,13 +273,9 @@ class Handler(BaseHTTPRequestHandler):
         parts: list[bytes] = []
         while True:
             line = self.rfile.readline(65537)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                size = -1
+            size = _size(line.split(b";", 1)[0].strip(), 16)
             if size < 0:
-                self.close_connection = True
-                self._send(error(400, "BadRequest", "The chunked request body is malformed."))
+                self._refuse_body("The chunked request body is malformed.")
                 return None
             if size == 0:
                 # Skip trailer fields up to the blank line that ends the body.
@@ -296,3 +288,16 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return None
             parts.append(chunk)
+
+    def _refuse_body(self, problem: str) -> None:
+        # The rest of the connection cannot be parsed after a body of unknown length: answer, then close.
+        self.close_connection = True
+        self._send(error(400, "BadRequest", problem))
+
+
+def _size(text: str | bytes, base: int) -> int:
+    """A length header or chunk size as an int; -1 when it is not a number."""
+    try:
+        return int(text, base)
+    except ValueError:
+        return -1

@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TypeAlias
 
 from openai_lb.testing._actions import ACTION_TYPES, Action, RecordedRequest
@@ -131,17 +131,8 @@ class FakeAzureOpenAI(StartStop):
         self._serving: Serving = Stopped()
 
     def _settings(self) -> Config:
-        return Config(
-            name=self.name,
-            deployments=self.deployments,
-            api_keys=self.api_keys,
-            tokens=self.tokens,
-            path_prefix=self.path_prefix,
-            budget=self.budget,
-            window=self.window,
-            stream_chunks=self.stream_chunks,
-            chunk_delay=self.chunk_delay,
-        )
+        # Each setting is the attribute of the same name, read afresh for every request.
+        return Config(**{setting.name: getattr(self, setting.name) for setting in fields(Config)})
 
     # -- lifecycle -------------------------------------------------------------------
 
