@@ -41,7 +41,8 @@ For connection-refused tests, `closed_port_url` gives the URL of a port nothing 
 
 from openai_lb.testing._actions import Action, CutStream, RecordedRequest, Reply, ResetConnection, Stall
 from openai_lb.testing._group import FakeAzureGroup
-from openai_lb.testing._server import FakeAzureOpenAI, closed_port_url
+from openai_lb.testing._listener import closed_port_url
+from openai_lb.testing._server import FakeAzureOpenAI
 
 __all__ = [
     "Action",

@@ -6,7 +6,7 @@ import json as _json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +40,29 @@ class CutStream:
     """Start the normal answer as a stream, then close the connection after ``after`` events.
 
     Chat completions and responses are sent as server-sent events whatever the request's
-    ``stream`` flag says; the connection closes after ``after`` events without the final
-    zero-length chunk, so the client sees a truncated body rather than a clean end. Other
-    endpoints send a ``content-length`` header and then only half of the JSON body.
+    ``stream`` flag says. Other endpoints send their JSON body, of which only half arrives.
+
+    ``framing`` says how the answer's end is told, and so what the client sees:
+
+    - ``"framed"`` (the default): events go in a ``transfer-encoding: chunked`` body and JSON
+      bodies announce their full ``content-length``; the connection closes after ``after``
+      events (or half the JSON) without the end the framing promises, so the client sees a
+      truncated body rather than a clean end.
+    - ``"close"``: the body is delimited by closing the connection (``connection: close``,
+      neither ``content-length`` nor ``transfer-encoding``), as an HTTP/1.0 server would send
+      it; the same ``after`` events (or half the JSON) are sent, then the connection closes,
+      which to the client is the end of a well-framed body. ``after=0`` sends the status line
+      and headers only, then drops the connection before any body byte, for every endpoint.
     """
 
     after: int = 1
+    framing: Literal["framed", "close"] = "framed"
 
     def __post_init__(self) -> None:
         if not isinstance(self.after, int) or self.after < 0:
             raise ValueError(f"CutStream.after must be an int >= 0, got {self.after!r}")
+        if self.framing not in ("framed", "close"):
+            raise ValueError(f"CutStream.framing must be 'framed' or 'close', got {self.framing!r}")
 
 
 @dataclass(frozen=True, slots=True)

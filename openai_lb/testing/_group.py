@@ -1,4 +1,8 @@
-"""Several fake Azure OpenAI servers on one port, told apart by their path prefixes."""
+"""Several fake Azure OpenAI servers on one port, told apart by their path prefixes.
+
+The group depends on `FakeAzureOpenAI` and on `Listener`; the server knows the group only
+as an object it was told to answer in, so the import goes one way.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,13 @@ import itertools
 import threading
 from collections.abc import Iterable
 
-from openai_lb.testing._server import _HOST, FakeAzureOpenAI, _HTTPServer, _StartStop
+from openai_lb.testing._handler import Responder
+from openai_lb.testing._listener import HOST, Listener, StartStop
+from openai_lb.testing._routes import inner_path
+from openai_lb.testing._server import FakeAzureOpenAI
 
 
-class FakeAzureGroup(_StartStop):
+class FakeAzureGroup(StartStop):
     """Serve several `FakeAzureOpenAI` members on one port of 127.0.0.1, chosen by path prefix.
 
     For clients that can change only the host of a URL, not its port: all members share
@@ -41,31 +48,33 @@ class FakeAzureGroup(_StartStop):
         self.name = name
         # Serializes start() and stop() so that concurrent calls cannot leak a server.
         self._lifecycle = threading.Lock()
-        self._httpd: _HTTPServer | None = None
+        self._listener: Listener | None = None
         self._port: int | None = None
+        # Each member with the responder it handed over when the group last started.
+        self._joined: tuple[tuple[FakeAzureOpenAI, Responder], ...] = ()
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         """Bind a free port on 127.0.0.1 and serve every member on it (does nothing if already serving)."""
         with self._lifecycle:
-            if self._httpd is not None:
+            if self._listener is not None:
                 return
             # Prefixes may have been changed since construction.
             _check_members(self._members)
-            httpd = _HTTPServer(self._member_for, name=self.name, thread_name=f"FakeAzureGroup({self.name})")
-            joined: list[FakeAzureOpenAI] = []
+            listener = Listener(self._member_for, name=self.name, thread_name=f"FakeAzureGroup({self.name})")
+            joined: list[tuple[FakeAzureOpenAI, Responder]] = []
             try:
                 for member in self._members:
-                    member._join_group(self, httpd.port)
-                    joined.append(member)
+                    joined.append((member, member._join_group(self, listener.port)))
             except BaseException:
-                for member in joined:
+                for member, _ in joined:
                     member._leave_group(self)
-                httpd.close()
+                listener.close()
                 raise
-            httpd.serve_in_background()
-            self._httpd, self._port = httpd, httpd.port
+            self._joined = tuple(joined)
+            listener.serve_in_background()
+            self._listener, self._port = listener, listener.port
 
     def stop(self) -> None:
         """Stop serving and drop open connections, within a fraction of a second (idempotent).
@@ -73,10 +82,10 @@ class FakeAzureGroup(_StartStop):
         The members are then free to be started alone or in another group.
         """
         with self._lifecycle:
-            httpd, self._httpd = self._httpd, None
-            if httpd is None:
+            listener, self._listener = self._listener, None
+            if listener is None:
                 return
-            httpd.close()
+            listener.close()
             for member in self._members:
                 member._leave_group(self)
 
@@ -102,14 +111,14 @@ class FakeAzureGroup(_StartStop):
     @property
     def url(self) -> str:
         """``http://127.0.0.1:<port>``, without any member's prefix; each member's `url` adds its own."""
-        return f"http://{_HOST}:{self.port}"
+        return f"http://{HOST}:{self.port}"
 
     # -- used by handler threads -----------------------------------------------------
 
-    def _member_for(self, path: str) -> FakeAzureOpenAI | None:
-        for member in self._members:
-            if member.path_prefix and member._inner_path(path) is not None:
-                return member
+    def _member_for(self, path: str) -> Responder | None:
+        for member, responder in self._joined:
+            if member.path_prefix and inner_path(member.path_prefix, path) is not None:
+                return responder
         return None
 
 

@@ -456,6 +456,87 @@ def test_cut_stream_on_a_json_endpoint_truncates_the_body(server: FakeAzureOpenA
         azure_client(server).embeddings.create(model="embed", input="a")
 
 
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a fresh socket and read everything until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        received = b""
+        # Bounded: a server that never closes makes recv time out instead of looping forever.
+        for _ in range(1000):
+            data = sock.recv(65536)
+            if not data:
+                return received
+            received += data
+    raise AssertionError(f"the server kept the connection open after {len(received)} bytes")
+
+
+def raw_post(path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\napi-key: k1\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def split_answer(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, separator, body = raw.partition(b"\r\n\r\n")
+    assert separator, f"no end of headers in {raw!r}"
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return status_line, headers, body
+
+
+def test_cut_stream_closing_after_zero_events_sends_headers_then_drops_the_connection(
+    server: FakeAzureOpenAI,
+) -> None:
+    server.script(CutStream(after=0, framing="close"), CutStream(after=0, framing="close"))
+    chat = json.dumps({"messages": HI, "stream": True}).encode()
+
+    status_line, headers, body = split_answer(raw_exchange(server.port, raw_post(CHAT_PATH, chat)))
+    with SDK_HTTP.Client(timeout=5) as client:
+        seen = client.post(f"{server.url}{CHAT_PATH}", content=chat, headers={"api-key": "k1"})
+
+    assert status_line == "HTTP/1.1 200 OK"
+    assert headers["content-type"].startswith("text/event-stream")
+    assert headers["connection"] == "close", "the close is announced"
+    assert "content-length" not in headers, f"no framing: {headers}"
+    assert "transfer-encoding" not in headers, f"no framing: {headers}"
+    assert body == b"", "not a single body byte before the close"
+    assert (seen.status_code, seen.content) == (200, b""), "to a client the empty body ends cleanly at the close"
+    assert server.served == 0, "a cut answer is not a success"
+
+
+def test_cut_stream_closing_after_events_ends_the_body_where_the_connection_ends(server: FakeAzureOpenAI) -> None:
+    server.script(CutStream(after=1, framing="close"), CutStream(after=2, framing="close"))
+    chat = json.dumps({"messages": HI, "stream": True}).encode()
+
+    _, headers, body = split_answer(raw_exchange(server.port, raw_post(CHAT_PATH, chat)))
+    stream = azure_client(server).chat.completions.create(model="gpt-4o", messages=HI, stream=True)
+    received = [chunk.choices[0].delta.content or "" for chunk in stream]
+
+    assert "transfer-encoding" not in headers
+    assert "content-length" not in headers
+    assert body.startswith(b"data: {"), f"a bare event, not a chunk: {body!r}"
+    assert body.endswith(b"\n\n"), f"a whole event: {body!r}"
+    assert body.count(b"data: ") == 1, "exactly after=1 events"
+    assert received == ["ptu:", "gpt"], f"the SDK reads two of three events and sees a clean end, got {received}"
+
+
+def test_cut_stream_closing_a_json_answer_sends_half_its_body_unframed(server: FakeAzureOpenAI) -> None:
+    server.script(CutStream(after=1, framing="close"))
+    embed = json.dumps({"input": "a"}).encode()
+
+    _, headers, body = split_answer(
+        raw_exchange(server.port, raw_post(f"/openai/deployments/embed/embeddings?api-version={API_VERSION}", embed))
+    )
+
+    assert headers["content-type"] == "application/json"
+    assert "content-length" not in headers
+    assert "transfer-encoding" not in headers
+    assert body.startswith(b'{"'), body
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(body)
+
+
 def test_stall_longer_than_the_client_timeout_is_a_timeout(server: FakeAzureOpenAI) -> None:
     server.script(Stall(5.0))
     client = azure_client(server, timeout=0.2)
@@ -508,6 +589,8 @@ def test_invalid_actions_are_refused() -> None:
         Reply(99)
     with pytest.raises(ValueError, match="after"):
         CutStream(after=-1)
+    with pytest.raises(ValueError, match="framing"):
+        CutStream(framing="chunked")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="seconds"):
         Stall(-1.0)
     with pytest.raises(TypeError):

@@ -1,0 +1,116 @@
+"""Per-fake memory shared by handler threads, and the `Responder` the handler calls.
+
+A `Desk` belongs to one `FakeAzureOpenAI`. It keeps, under one lock, what handler threads
+and the test both touch: the script of actions, the recorded requests, the counters and
+the rules' `State` (the budget window now; stored responses, files, batches and vector
+stores when they come, as fields of `State` that `Desk.respond` keeps like the window).
+It reads the fake's settings afresh for each request and leaves every decision to the
+pure functions of `_rules.py`.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+
+from openai_lb.testing import _rules as rules
+from openai_lb.testing._actions import Action, RecordedRequest
+from openai_lb.testing._routes import Exchange, Incoming, parse
+
+
+class Desk:
+    """One fake's side of every request: record it, take its scripted action, answer by the rules, count.
+
+    Args:
+        settings: Returns the fake's settings as they stand; called once per request.
+        clock: Monotonic clock for the budget windows and the answers log.
+    """
+
+    def __init__(self, settings: Callable[[], rules.Config], clock: Callable[[], float]) -> None:
+        self._settings = settings
+        self._clock = clock
+        # Guards everything below.
+        self._lock = threading.Lock()
+        self._script: collections.deque[Action] = collections.deque()
+        self._records: list[RecordedRequest] = []
+        self._served = 0
+        self._rejected = 0
+        self._answers: list[tuple[float, int]] = []
+        self._state = rules.State()
+
+    # -- the Responder, for handler threads ----------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._settings().name
+
+    def receive(self, incoming: Incoming) -> rules.Step:
+        config = self._settings()
+        exchange = parse(incoming, config.path_prefix)
+        with self._lock:
+            self._records.append(exchange.request)
+            # A path outside the prefix never reached the resource, so it takes no scripted action.
+            action = self._script.popleft() if exchange.inside_prefix and self._script else None
+        if action is not None:
+            return rules.scripted(action, exchange, config)
+        return self._decide(exchange, config)
+
+    def respond(self, exchange: Exchange) -> rules.Response:
+        return self._decide(exchange, self._settings())
+
+    def note_answer(self, status: int, *, success: bool) -> None:
+        with self._lock:
+            self._answers.append((self._clock(), status))
+            if success and 200 <= status < 300:
+                self._served += 1
+
+    def _decide(self, exchange: Exchange, config: rules.Config) -> rules.Response:
+        with self._lock:
+            decision = rules.decide(exchange, config, self._state, self._clock())
+            self._state = decision.state
+            if decision.over_budget:
+                self._rejected += 1
+        return decision.response
+
+    # -- for FakeAzureOpenAI -----------------------------------------------------------
+
+    def records(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._records)
+
+    def served(self) -> int:
+        with self._lock:
+            return self._served
+
+    def rejected(self) -> int:
+        with self._lock:
+            return self._rejected
+
+    def answers(self) -> list[tuple[float, int]]:
+        with self._lock:
+            return list(self._answers)
+
+    def pending_actions(self) -> int:
+        with self._lock:
+            return len(self._script)
+
+    def queue(self, actions: tuple[Action, ...]) -> None:
+        with self._lock:
+            self._script.extend(actions)
+
+    def restart_window(self) -> None:
+        """Start budgeting afresh, as on `start`: the next budgeted request opens a window."""
+        with self._lock:
+            self._state = replace(self._state, window=rules.Window())
+
+    def reset(self) -> None:
+        """Forget the script, the records, the counters and everything the rules remember."""
+        with self._lock:
+            self._script.clear()
+            self._records.clear()
+            self._served = 0
+            self._rejected = 0
+            self._answers.clear()
+            self._state = rules.State()
