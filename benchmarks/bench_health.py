@@ -64,13 +64,12 @@ class PreviousHealthStore:
 
     def trip(self, key: str, started: float, now: float, cooldown: Callable[[int], float]) -> tuple[int, float] | None:
         with self._lock:
-            if self._tripped_at.get(key, -math.inf) >= started:
-                return None
-            count = self._failures.get(key, 0) + 1
-            seconds = cooldown(count)
-            self._failures[key], self._tripped_at[key] = count, now
-            self.block(key, BACKEND_WIDE, now + seconds, "failing")
-            return count, seconds
+            if started > self._tripped_at.get(key, -math.inf):
+                self._failures[key] = count = self._failures.get(key, 0) + 1
+                self._tripped_at[key], seconds = now, cooldown(count)
+                self.block(key, BACKEND_WIDE, now + seconds, "failing")
+                return count, seconds
+            return None
 
     def count_success(self, key: str, deployment: str, now: float) -> tuple[str | None, ...]:
         own, wide = (key, deployment), (key, BACKEND_WIDE)
