@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import bench_health
+
 
 def _range(stat: dict[str, float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}–{fmt.format(stat['max'])})"
@@ -83,6 +85,16 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
         f"sample: {mem['growth_after_first_sample_kib'] / 1024:.2f} MiB. Health entries: {mem['health_entries']} "
         f"(bound: backends × (deployments + 1) = {mem['health_entries_bound']}).\n"
     )
+    if "health" in results:  # results from before the health benchmark have none
+        out.append(
+            "\n## Health store under distinct deployment names\n\nEach call names a deployment no call named "
+            "before and gets a 429 (`retry-after: 1`, a fake clock moving 10 ms per call); *mixed* adds a success "
+            "on a deployment that exists every 10th call, *flood* nothing. The store's memory (tracemalloc) and "
+            "the median `status()` time after that many calls; `previous` is the store before ended cooldowns "
+            f"were forgotten. The current store holds at most {results['health']['max_entries']:,} deployment "
+            "blocks.\n"
+        )
+        out.append(bench_health.table(results["health"]))
     st = results["streaming"]
     out.append(
         f"\n## Streaming\n\n{st['chunks']} chunks {st['chunk_delay_s'] * 1000:.0f} ms apart, {st['rounds']} rounds. "

@@ -229,7 +229,7 @@ def memory(calls: int, samples: int, deployments: int) -> dict[str, Any]:
         "backends": len(backends),
         "rss_kib": points,
         "growth_after_first_sample_kib": max(after_warmup) - after_warmup[0],
-        "health_entries": len(store._blocks),
+        "health_entries": store.size,
         "health_entries_bound": len(backends) * (deployments + 1),
     }
 

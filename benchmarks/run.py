@@ -80,6 +80,7 @@ def _machine() -> dict[str, Any]:
 
 def measure(quick: bool) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
+    import bench_health as health
     import bench_overhead as overhead
     import bench_spillover as spillover
     import bench_streaming as streaming
@@ -93,6 +94,7 @@ def measure(quick: bool) -> dict[str, Any]:
         ("isolated", lambda: overhead.isolated(5 if quick else 15, 2000 if quick else 20000, [3, 30, 300])),
         ("async_concurrency", lambda: overhead.async_concurrency(2 if quick else 6, [1, 10, 100, 1000], systems)),
         ("memory", lambda: overhead.memory(10_000 if quick else 100_000, 10, 20)),
+        ("health", lambda: health.health(health.CHECKPOINTS[:-1] if quick else health.CHECKPOINTS, 5 if quick else 20)),
         ("streaming", lambda: streaming.streaming(3 if quick else 10, 8, 0.05, systems)),
     ]
     scenarios = [(spillover.TWO_TIERS, "asyncio"), (spillover.TWO_TIERS, "threads"), (spillover.THREE_TIERS, "asyncio")]

@@ -8,11 +8,14 @@ implement the same protocol.
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from ._errors import ConfigurationError
 
 __all__ = [
     "BACKEND_WIDE",
@@ -91,30 +94,56 @@ class HealthStore(Protocol):
 
 
 class InMemoryHealthStore:
-    """A thread-safe ``HealthStore`` in this process's memory.
+    """A thread-safe, bounded ``HealthStore`` in this process's memory.
 
-    Reads take no lock: entries are immutable tuples replaced whole, so a reader sees
-    either the old or the new one. Writes that read-modify-write take the lock.
+    Reads take no lock: blocks are immutable tuples replaced whole in one dict per backend, so a
+    reader sees either the old or the new one. Writes take the lock.
+
+    A success forgets the blocks it ended. Blocks nobody succeeds on again (a caller naming a new
+    deployment per request) are forgotten lazily once the store holds more than ``max_entries // 10``
+    deployment blocks: each write then forgets up to two that have ended, the earliest first, judged by
+    the latest clock reading the store was given (``block`` brings none), and a snapshot forgets the
+    ended ones of its backend. Below that, an ended block stays until a success reports its recovery.
+
+    At most ``max_entries`` deployment blocks are kept; beyond that the one closest to its end is
+    evicted, so ended ones go first. Evicting a block that still runs only costs a possibly wasted
+    attempt: the deployment is tried again and its answer blocks it again. The circuit breakers, one
+    per backend, are not counted and never evicted. The store assumes one clock for all its callers.
     """
 
-    __slots__ = ("_blocks", "_failures", "_lock", "_slots", "_tripped_at")
+    __slots__ = ("_by_key", "_ends", "_failures", "_keep", "_lock", "_seen", "_size", "_tripped_at", "max_entries")
 
-    def __init__(self) -> None:
-        self._blocks: dict[tuple[str, str | None], tuple[float, Reason]] = {}
-        # Block entries per backend, so a success on a backend with none returns after two lookups.
-        self._slots: dict[str, int] = {}
+    def __init__(self, *, max_entries: int = 10_000) -> None:
+        if max_entries < 1:
+            raise ConfigurationError(f"InMemoryHealthStore(max_entries=...) must be at least 1, got {max_entries!r}.")
+        self.max_entries = max_entries
+        self._keep = max_entries // 10
+        # backend key -> deployment (BACKEND_WIDE for the breaker) -> (until, reason)
+        self._by_key: dict[str, dict[str | None, tuple[float, Reason]]] = {}
+        # Heap of (until, key, deployment) over the deployment blocks; an item whose block was
+        # forgotten or extended since is stale and skipped when it surfaces.
+        self._ends: list[tuple[float, str, str]] = []
+        self._size = 0  # deployment blocks held
+        self._seen = -math.inf  # the latest clock reading given to the store
         self._failures: dict[str, int] = {}
         self._tripped_at: dict[str, float] = {}
         self._lock = threading.Lock()
 
+    @property
+    def size(self) -> int:
+        """How many deployment blocks the store holds, ended ones not yet forgotten included."""
+        return self._size
+
     def blocked(self, key: str, deployment: str, now: float) -> tuple[float, Reason] | None:
-        blocks = self._blocks
-        own = blocks.get((key, deployment))
+        blocks = self._by_key.get(key)
+        if blocks is None:
+            return None
+        own = blocks.get(deployment)
         if own is not None and own[0] <= now:
             own = None
         if own is not None and own[1] == "missing":
             return own
-        wide = blocks.get((key, BACKEND_WIDE))
+        wide = blocks.get(BACKEND_WIDE)
         if wide is not None and wide[0] <= now:
             wide = None
         if own is None:
@@ -124,11 +153,19 @@ class InMemoryHealthStore:
         return wide
 
     def block(self, key: str, deployment: str | None, until: float, reason: Reason) -> None:
-        slot = (key, deployment)
         with self._lock:
-            current = self._blocks.get(slot)
-            if current is None or current[0] < until:
-                self._set(slot, current, (until, reason))
+            blocks = self._by_key.get(key)
+            if blocks is None:
+                blocks = self._by_key[key] = {}
+            current = blocks.get(deployment)
+            if current is not None and current[0] >= until:
+                return
+            blocks[deployment] = (until, reason)
+            if deployment is not BACKEND_WIDE:
+                if current is None:
+                    self._size += 1
+                heapq.heappush(self._ends, (until, key, deployment))
+                self._tidy(self._seen)
 
     def trip(self, key: str, started: float, now: float, cooldown: Callable[[int], float]) -> tuple[int, float] | None:
         with self._lock:
@@ -138,59 +175,95 @@ class InMemoryHealthStore:
             seconds = cooldown(count)
             self._failures[key] = count
             self._tripped_at[key] = now
-            slot = (key, BACKEND_WIDE)
-            current = self._blocks.get(slot)
+            blocks = self._by_key.get(key)
+            if blocks is None:
+                blocks = self._by_key[key] = {}
+            current = blocks.get(BACKEND_WIDE)
             if current is None or current[0] < now + seconds:
-                self._set(slot, current, (now + seconds, "failing"))
+                blocks[BACKEND_WIDE] = (now + seconds, "failing")
+            self._seen = now
+            self._tidy(now)
             return count, seconds
 
-    def _set(self, slot: tuple[str, str | None], current: object, entry: tuple[float, Reason]) -> None:
-        if current is None:
-            self._slots[slot[0]] = self._slots.get(slot[0], 0) + 1
-        self._blocks[slot] = entry
-
     def count_success(self, key: str, deployment: str, now: float) -> tuple[str | None, ...]:
-        blocks = self._blocks
-        own, wide = (key, deployment), (key, BACKEND_WIDE)
+        blocks = self._by_key.get(key)
         # Lock-free checks keep the common path (nothing to forget) cheap and free of contention.
-        if not self._failures.get(key) and not (self._slots.get(key) and (own in blocks or wide in blocks)):
+        if blocks:
+            self._seen = now  # a clock reading for the next write's sweep
+            if not self._failures.get(key) and deployment not in blocks and BACKEND_WIDE not in blocks:
+                return ()
+        elif not self._failures.get(key):
             return ()
         recovered: list[str | None] = []
         with self._lock:
             failing = self._failures.pop(key, 0) > 0
-            for slot in (own, wide):
+            blocks = self._by_key.get(key, {})  # clear() may have dropped the one read above
+            for slot in (deployment, BACKEND_WIDE):
                 found = blocks.get(slot)
                 if found is None:
                     continue
                 if found[0] <= now:
                     del blocks[slot]
-                    self._slots[key] -= 1
-                    recovered.append(slot[1])
-                elif slot is wide:
+                    if slot is not BACKEND_WIDE:
+                        self._size -= 1
+                    recovered.append(slot)
+                elif slot is BACKEND_WIDE:
                     failing = False  # the breaker is still open: it recovers when a later success finds it closed
             if failing and BACKEND_WIDE not in recovered:
                 recovered.append(BACKEND_WIDE)
+            self._tidy(now)
         return tuple(recovered)
 
     def snapshot(self, key: str, now: float) -> BackendHealth:
         open_until = None
         deployments = {}
         with self._lock:
-            blocks = list(self._blocks.items())
+            self._seen = now
             failures = self._failures.get(key, 0)
-        for (owner, deployment), (until, reason) in blocks:
-            if owner != key or until <= now:
-                continue
-            if deployment is BACKEND_WIDE:
-                open_until = until
-            else:
-                deployments[deployment] = (until, reason)
+            blocks = self._by_key.get(key, {})
+            ended = []
+            for deployment, (until, reason) in blocks.items():
+                if until <= now:
+                    if deployment is not BACKEND_WIDE:
+                        ended.append(deployment)
+                elif deployment is BACKEND_WIDE:
+                    open_until = until
+                else:
+                    deployments[deployment] = (until, reason)
+            for deployment in ended[: max(self._size - self._keep, 0)]:
+                del blocks[deployment]
+                self._size -= 1
         return BackendHealth(failures, open_until, deployments)
+
+    def _tidy(self, now: float) -> None:
+        """Under the lock: evict beyond ``max_entries``, forget a few ended blocks beyond ``_keep``,
+        and rebuild the heap once stale items outnumber the blocks (amortised O(1) per write)."""
+        ends = self._ends
+        sweep = 2
+        while ends and (self._size > self.max_entries or (sweep and self._size > self._keep and ends[0][0] <= now)):
+            if self._size <= self.max_entries:
+                sweep -= 1
+            until, key, deployment = heapq.heappop(ends)
+            blocks = self._by_key[key]
+            found = blocks.get(deployment)
+            if found is not None and found[0] == until:
+                del blocks[deployment]
+                self._size -= 1
+        if len(ends) > 2 * self._size + 64:
+            self._ends = [
+                (block[0], key, deployment)
+                for key, blocks in self._by_key.items()
+                for deployment, block in blocks.items()
+                if deployment is not BACKEND_WIDE
+            ]
+            heapq.heapify(self._ends)
 
     def clear(self) -> None:
         with self._lock:
-            self._blocks.clear()
-            self._slots.clear()
+            self._by_key.clear()
+            self._ends.clear()
+            self._size = 0
+            self._seen = -math.inf
             self._failures.clear()
             self._tripped_at.clear()
 
