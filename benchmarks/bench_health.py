@@ -50,7 +50,7 @@ class PreviousHealthStore:
         own = own if own is not None and own[0] > now else None
         wide = self._blocks.get((key, BACKEND_WIDE))
         wide = wide if wide is not None and wide[0] > now else None
-        if own is not None and (own[1] == "missing" or wide is None or own[0] >= wide[0]):
+        if own is not None and (own[1] == "deployment_missing" or wide is None or own[0] >= wide[0]):
             return own
         return wide
 
@@ -67,7 +67,7 @@ class PreviousHealthStore:
             if started > self._tripped_at.get(key, -math.inf):
                 self._failures[key] = count = self._failures.get(key, 0) + 1
                 self._tripped_at[key], seconds = now, cooldown(count)
-                self.block(key, BACKEND_WIDE, now + seconds, "failing")
+                self.block(key, BACKEND_WIDE, now + seconds, "failure")
                 return count, seconds
             return None
 

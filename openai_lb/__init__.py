@@ -33,6 +33,7 @@ from ._events import (
     BackendRecovered,
     Event,
     EventHook,
+    NoBackendCanServe,
     Outcome,
 )
 from ._health import HealthStore, InMemoryHealthStore, Reason, reset_state
@@ -67,6 +68,7 @@ __all__ = [
     "EventHook",
     "HealthStore",
     "InMemoryHealthStore",
+    "NoBackendCanServe",
     "OpenAILBError",
     "Outcome",
     "Patch",

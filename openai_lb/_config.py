@@ -22,6 +22,8 @@ TokenProvider = Callable[[], "str | Awaitable[str]"]
 """A callable returning an Azure AD (Entra ID) bearer token; may be async for async clients."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# Far above any real ratio (a tokens-per-minute quota fits), far below where a sum of weights overflows.
+MAX_WEIGHT = 1e9
 _USERINFO = re.compile(r"//[^/?#]*@")
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -194,8 +196,11 @@ def _check_backend_fields(
         raise fail(f"priority must be an integer (lower is preferred), got {priority!r}.")
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise fail(f"weight must be a positive number, got {weight!r}.")
-    if not (math.isfinite(weight) and weight > 0):
-        raise fail(f"weight must be a positive number, got {weight!r}; use weight=1 or more.")
+    if not (math.isfinite(weight) and 0 < weight <= MAX_WEIGHT):
+        raise fail(
+            f"weight must be a positive number up to {MAX_WEIGHT:g}, got {weight!r}; weights are relative, "
+            f"so e.g. weight=1 and weight=3 send three times as much to the second."
+        )
     if api_key is not None and (not isinstance(api_key, str) or not api_key):
         raise fail("api_key must be a non-empty string (or None to use the client's credential).")
     if isinstance(api_key, str) and not header_safe(api_key):

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from ._config import Backend, Policy, validate_backends
 from ._events import (
@@ -25,17 +25,17 @@ from ._events import (
     BackendCooled,
     BackendRecovered,
     EventHook,
+    NoBackendCanServe,
     Outcome,
     emit,
     hooks_from,
 )
 from ._headers import cooldown_from_headers
 from ._health import HealthStore, Reason, default_store
+from ._logging import DETAIL, NOTICE, log, log_event
 from ._status import BackendState, BackendStatus, DeploymentCooldown, StatsBook
 
 __all__ = ["Answer", "Attempt", "Balancer", "Call"]
-
-log = logging.getLogger("openai_lb")
 
 Clock = Callable[[], float]
 
@@ -76,6 +76,7 @@ class Balancer:
     __slots__ = (
         "__weakref__",  # hooks that read status() (OpenTelemetry) hold balancers weakly
         "_by_priority",
+        "_logged",
         "backends",
         "client_wait_limit",
         "clock",
@@ -110,10 +111,16 @@ class Balancer:
         self._by_priority = tuple(sorted(self.backends, key=lambda b: b.priority))
         self.stats = StatsBook([b.key for b in self.backends])
         self.hooks = hooks_from(on_event)
+        # Logging is one more hook, called first; it is in the way only while the logger would print.
+        self._logged: tuple[EventHook, ...] = (log_event, *self.hooks)
         for hook in self.hooks:
             attach = getattr(hook, "attach", None)
             if callable(attach):
                 attach(self)
+
+    def listeners(self, level: int) -> tuple[EventHook, ...]:
+        """The hooks an event logged at ``level`` goes to; empty when nobody would see it."""
+        return self._logged if log.isEnabledFor(level) else self.hooks
 
     def begin(self, deployment: str | None) -> Call:
         """Start one caller request for ``deployment`` (None when the request names none)."""
@@ -173,12 +180,14 @@ def _is_deployment_not_found(body: bytes | None) -> bool:
 class Call:
     """The state of one caller request: which backends it tried. Not shared between threads."""
 
-    __slots__ = ("_balancer", "_tried", "attempts", "deployment")
+    __slots__ = ("_balancer", "_skipped", "_tried", "attempts", "deployment")
 
     def __init__(self, balancer: Balancer, deployment: str | None) -> None:
         self._balancer = balancer
         self.deployment = deployment
         self._tried: set[str] = set()
+        self._skipped: dict[str, str] | None = None
+        """Backends whose token provider failed in this call: key -> the exception's type name."""
         self.attempts = 0
 
     def next(self) -> Attempt | Answer:
@@ -204,11 +213,11 @@ class Call:
         balancer.stats.sent(chosen.key)
         self.attempts += 1
         deployment = chosen.deployment_for(self.deployment)
-        log.debug("attempt %d: %s (deployment %s)", self.attempts, chosen.name, deployment)
         attempt = Attempt(chosen, deployment, self.attempts, now)
-        if balancer.hooks:
+        hooks = balancer.listeners(DETAIL)
+        if hooks:
             try:
-                emit(balancer.hooks, AttemptStarted(chosen.name, chosen.key, deployment, self.attempts))
+                emit(hooks, AttemptStarted(chosen.name, chosen.key, deployment, self.attempts))
             except BaseException as error:  # a hook's KeyboardInterrupt: the attempt never leaves
                 self.release(attempt, error)
                 raise
@@ -238,21 +247,13 @@ class Call:
             seconds = min(seconds, balancer.policy.max_cooldown)
             balancer.store.block(backend.key, slot, now + seconds, "rate_limited")
             balancer.stats.failed(backend.key, "HTTP 429", balancer.wall_clock(), rate_limited=True)
-            log.info(
-                "%s deployment %s answered 429: cooling %.3f s (from %s), failing over",
-                backend.name,
-                attempt.deployment,
-                seconds,
-                source or "the default",
-            )
             self._cooled(attempt, "rate_limited", seconds, source, now)
             return False
         if status == 404 and _is_deployment_not_found(body):
             now = balancer.clock()
-            balancer.store.block(backend.key, slot, now + balancer.policy.max_cooldown, "missing")
+            balancer.store.block(backend.key, slot, now + balancer.policy.max_cooldown, "deployment_missing")
             balancer.stats.failed(backend.key, "DeploymentNotFound", balancer.wall_clock())
-            log.info("%s has no deployment %s: skipping it there, failing over", backend.name, attempt.deployment)
-            self._cooled(attempt, "missing", balancer.policy.max_cooldown, None, now)
+            self._cooled(attempt, "deployment_missing", balancer.policy.max_cooldown, None, now)
             return False
         if status in balancer.policy.failover_statuses:
             self._trip(attempt, f"HTTP {status}", status)
@@ -260,13 +261,12 @@ class Call:
         now = balancer.clock()
         recovered = balancer.store.count_success(backend.key, slot, now)
         balancer.stats.answered(backend.key, status)
-        if recovered:
-            log.info("%s answered again after cooling down (%s)", backend.name, _recovered_names(recovered, attempt))
-        if balancer.hooks:
-            self._finished(attempt, "success" if status < 400 else "client_error", status, None, now)
+        hooks = balancer.listeners(NOTICE if recovered else DETAIL)
+        if hooks:
+            self._finished(hooks, attempt, "success" if status < 400 else "client_error", status, None, now=now)
             # The deployment's own cooldown, then the whole backend's (None), each once.
             for deployment in dict.fromkeys(attempt.deployment if name is not None else None for name in recovered):
-                emit(balancer.hooks, BackendRecovered(backend.name, backend.key, deployment))
+                emit(hooks, BackendRecovered(backend.name, backend.key, deployment))
         return True
 
     def report_error(self, attempt: Attempt, error: BaseException) -> None:
@@ -279,16 +279,21 @@ class Call:
         balancer = self._balancer
         name = type(error).__name__
         balancer.stats.failed(attempt.backend.key, f"token provider: {name}", balancer.wall_clock())
-        if balancer.hooks:
-            self._finished(attempt, "skipped", None, name, balancer.clock())
+        if self._skipped is None:
+            self._skipped = {}
+        self._skipped[attempt.backend.key] = name
+        hooks = balancer.listeners(logging.WARNING)
+        if hooks:
+            self._finished(hooks, attempt, "skipped", None, name, now=balancer.clock())
 
     def release(self, attempt: Attempt, error: BaseException | None = None) -> None:
         """The attempt ended without a verdict on the backend (this machine's error, a cancellation)."""
         balancer = self._balancer
         balancer.stats.released(attempt.backend.key)
-        if balancer.hooks:
+        hooks = balancer.listeners(DETAIL)
+        if hooks:
             what = None if error is None else type(error).__name__
-            self._finished(attempt, "abandoned", None, what, balancer.clock())
+            self._finished(hooks, attempt, "abandoned", None, what, now=balancer.clock())
 
     def _trip(self, attempt: Attempt, what: str, status: int | None) -> None:
         balancer = self._balancer
@@ -302,53 +307,56 @@ class Call:
             now,
             lambda failures: min(policy.breaker_base * 2.0 ** min(failures - 1, 64), policy.breaker_max),
         )
-        if balancer.hooks:
-            self._finished(attempt, "failure", status, None if status is not None else what, now)
-        if tripped is None:
-            log.info("%s failed (%s), sent before its last trip: failing over", backend.name, what)
-            return
-        failures, seconds = tripped
-        log.info(
-            "%s failed (%s, %d in a row): cooling the backend %.3f s, failing over",
-            backend.name,
-            what,
-            failures,
-            seconds,
-        )
-        if balancer.hooks:
-            emit(balancer.hooks, BackendCooled(backend.name, backend.key, None, "failing", seconds, None, failures))
+        hooks = balancer.listeners(NOTICE)
+        if hooks:
+            self._finished(hooks, attempt, "failure", status, None if status is not None else what, now=now)
+            if tripped is not None:
+                failures, seconds = tripped
+                emit(hooks, BackendCooled(backend.name, backend.key, None, "failure", seconds, None, failures))
 
-    def _finished(self, attempt: Attempt, outcome: Outcome, status: int | None, error: str | None, now: float) -> None:
+    def _finished(
+        self,
+        hooks: tuple[EventHook, ...],
+        attempt: Attempt,
+        outcome: Outcome,
+        status: int | None,
+        error: str | None,
+        *,
+        now: float,
+    ) -> None:
         backend = attempt.backend
         event = AttemptFinished(
             backend.name, backend.key, attempt.deployment, attempt.number, outcome, status, error, now - attempt.started
         )
-        emit(self._balancer.hooks, event)
+        emit(hooks, event)
 
     def _cooled(self, attempt: Attempt, reason: Reason, seconds: float, source: str | None, now: float) -> None:
         """A deployment cooldown (429 or DeploymentNotFound): the attempt's end, then the cooldown it caused."""
-        hooks = self._balancer.hooks
+        hooks = self._balancer.listeners(NOTICE)
         if hooks:
             if reason == "rate_limited":
-                self._finished(attempt, "rate_limited", 429, None, now)
+                self._finished(hooks, attempt, "rate_limited", 429, None, now=now)
             else:
-                self._finished(attempt, "deployment_missing", 404, None, now)
+                self._finished(hooks, attempt, "deployment_missing", 404, None, now=now)
             backend = attempt.backend
             emit(hooks, BackendCooled(backend.name, backend.key, attempt.deployment, reason, seconds, source, 0))
 
     def _answer(self, now: float) -> Answer:
         balancer = self._balancer
+        skipped = self._skipped or {}
         soonest: float = math.inf
         soonest_name = ""
         for backend in balancer._by_priority:
+            if backend.key in skipped:
+                continue  # waiting would not bring this call a token
             found = balancer.store.blocked(backend.key, backend.deployment_for(self.deployment) or "", now)
-            if found is not None and found[1] == "missing":
+            if found is not None and found[1] == "deployment_missing":
                 continue
             until = now if found is None else found[0]
             if until < soonest:
                 soonest, soonest_name = until, backend.name
         if soonest == math.inf:
-            return self._not_found()
+            return self._no_token() if skipped else self._not_found()
         wait = max(soonest - now, 0.001)
         # Rounding up, less float noise: 1000 + 1.2 - 1000 must still say 1200 ms.
         milliseconds = math.ceil(wait * 1000 - 1e-6)
@@ -365,9 +373,9 @@ class Call:
             f"Every backend for {what} is cooling down (openai_lb); the soonest, {soonest_name!r}, "
             f"recovers in {wait:.3f} s. Please retry after {seconds} seconds."
         )
-        log.info("every backend for %s is cooling: answering 429, retry after %.3f s", what, wait)
-        if balancer.hooks:
-            emit(balancer.hooks, AllBackendsCooling(self.deployment, wait, soonest_name, self.attempts))
+        hooks = balancer.listeners(NOTICE)
+        if hooks:
+            emit(hooks, AllBackendsCooling(self.deployment, wait, soonest_name, self.attempts))
         return Answer(429, tuple(headers), _error_body("429", message))
 
     def _not_found(self) -> Answer:
@@ -376,12 +384,25 @@ class Call:
             f"The API deployment {self.deployment!r} does not exist on any backend (openai_lb checked: {names}). "
             f"Create it, or map it with Backend(deployments={{{self.deployment!r}: '<name there>'}})."
         )
-        log.info("no backend has deployment %s: answering 404", self.deployment)
-        return Answer(404, (("content-type", "application/json"),), _error_body("DeploymentNotFound", message))
+        return self._refuse(404, "deployment_missing", "DeploymentNotFound", message)
 
+    def _no_token(self) -> Answer:
+        by_name = {b.key: b.name for b in self._balancer.backends}
+        failed = ", ".join(f"{by_name[key]!r} ({name})" for key, name in (self._skipped or {}).items())
+        message = (
+            f"openai_lb could not get a token for any backend that can serve this request: the "
+            f"azure_ad_token_provider of {failed} raised. Check those credentials (managed identity, "
+            f"az login, environment); the backends themselves were not contacted."
+        )
+        return self._refuse(401, "credentials", "TokenProviderFailed", message)
 
-def _recovered_names(recovered: tuple[str | None, ...], attempt: Attempt) -> str:
-    return ", ".join("the backend" if name is None else f"deployment {attempt.deployment}" for name in recovered)
+    def _refuse(
+        self, status: int, reason: Literal["deployment_missing", "credentials"], code: str, message: str
+    ) -> Answer:
+        hooks = self._balancer.listeners(NOTICE)
+        if hooks:
+            emit(hooks, NoBackendCanServe(self.deployment, status, reason, self.attempts))
+        return Answer(status, (("content-type", "application/json"),), _error_body(code, message))
 
 
 def _error_body(code: str, message: str) -> bytes:

@@ -34,6 +34,7 @@ __all__ = [
     "BackendRecovered",
     "Event",
     "EventHook",
+    "NoBackendCanServe",
     "Outcome",
     "emit",
     "hooks_from",
@@ -98,7 +99,7 @@ class BackendCooled:
     url: str
     deployment: str | None
     reason: Reason
-    """``rate_limited`` (429), ``missing`` (DeploymentNotFound) or ``failing`` (the circuit breaker)."""
+    """``rate_limited`` (429), ``deployment_missing`` (DeploymentNotFound) or ``failure`` (the circuit breaker)."""
     seconds: float
     source: str | None
     """The header the duration came from (e.g. ``retry-after-ms``); None when openai_lb chose it."""
@@ -128,7 +129,22 @@ class AllBackendsCooling:
     """Attempts this request made before the answer (0 when every backend was cooling already)."""
 
 
-Event: TypeAlias = AttemptStarted | AttemptFinished | BackendCooled | BackendRecovered | AllBackendsCooling
+@dataclass(frozen=True, slots=True)
+class NoBackendCanServe:
+    """No backend can take this request as it stands, and waiting would not help: the caller gets
+    ``status`` (404 when no backend has the deployment, 401 when no token could be had for any that
+    might) instead of a 429."""
+
+    deployment: str | None
+    status: int
+    reason: Literal["deployment_missing", "credentials"]
+    attempts: int
+    """Attempts this request made (credential failures included) before the answer."""
+
+
+Event: TypeAlias = (
+    AttemptStarted | AttemptFinished | BackendCooled | BackendRecovered | AllBackendsCooling | NoBackendCanServe
+)
 
 
 class EventHook(Protocol):

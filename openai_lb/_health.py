@@ -27,7 +27,7 @@ __all__ = [
     "reset_state",
 ]
 
-Reason = Literal["rate_limited", "missing", "failing"]
+Reason = Literal["rate_limited", "deployment_missing", "failure"]
 """Why something is blocked: a 429, a DeploymentNotFound, or the circuit breaker."""
 
 BACKEND_WIDE = None
@@ -56,7 +56,7 @@ class HealthStore(Protocol):
     def blocked(self, key: str, deployment: str, now: float) -> tuple[float, Reason] | None:
         """Until when and why this deployment of the backend ``key`` is unusable; None if usable.
 
-        A deployment marked missing reports ``"missing"`` even while the whole backend is
+        A deployment marked missing reports ``"deployment_missing"`` even while the whole backend is
         also blocked, so the caller can tell "nobody has it" from "everybody is busy".
         """
         ...
@@ -141,7 +141,7 @@ class InMemoryHealthStore:
         own = blocks.get(deployment)
         if own is not None and own[0] <= now:
             own = None
-        if own is not None and own[1] == "missing":
+        if own is not None and own[1] == "deployment_missing":
             return own
         wide = blocks.get(BACKEND_WIDE)
         if wide is not None and wide[0] <= now:
@@ -180,7 +180,7 @@ class InMemoryHealthStore:
                 blocks = self._by_key[key] = {}
             current = blocks.get(BACKEND_WIDE)
             if current is None or current[0] < now + seconds:
-                blocks[BACKEND_WIDE] = (now + seconds, "failing")
+                blocks[BACKEND_WIDE] = (now + seconds, "failure")
             self._seen = now
             self._tidy(now)
             return count, seconds

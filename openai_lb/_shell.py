@@ -8,7 +8,6 @@ The sync and async loops below are the only twins: every decision is in ``_core`
 from __future__ import annotations
 
 import inspect
-import logging
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
@@ -28,8 +27,6 @@ BACKEND_HEADER = "x-openai-lb-backend"
 _MAX_CONNECTIONS = 1000
 _MAX_KEEPALIVE = 100
 _URL_CACHE_SIZE = 1024
-
-log = logging.getLogger("openai_lb")
 
 
 def client_wait_limit() -> float:
@@ -173,8 +170,7 @@ class BalancingShell:
     def _token_failed(self, call: Call, attempt: Attempt, error: Exception) -> None:
         # Skipped for this call only: the health store is shared by every client of this URL, and a
         # credential problem of one client is not an outage of the backend. The exception's text may
-        # quote what the provider was given; its type is enough to act on.
-        log.warning("%s: azure_ad_token_provider failed (%s); failing over", attempt.backend.name, type(error).__name__)
+        # quote what the provider was given; the events and the log name its type only.
         call.skip(attempt, error)
 
     def _sent_failed(self, call: Call, attempt: Attempt, error: BaseException) -> None:

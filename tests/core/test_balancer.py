@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openai_lb import Backend, InMemoryHealthStore, Policy
+from openai_lb._config import MAX_WEIGHT
 from openai_lb._core import Answer, Attempt, Balancer, Call
 
 PTU = Backend("https://ptu.example.com", priority=1, name="ptu")
@@ -148,6 +149,14 @@ def test_weights_share_traffic_inside_a_tier() -> None:
     share = picks["heavy"] / 20_000
     # Binomial(20000, 0.75): the standard deviation is about 0.003; 0.02 is over six of them.
     assert abs(share - 0.75) < 0.02, f"heavy should get ~75% of traffic, got {share:.3f}"
+
+
+def test_the_largest_weights_allowed_still_share_traffic() -> None:
+    a = Backend("https://a.example.com", weight=MAX_WEIGHT, name="a")
+    b = Backend("https://b.example.com", weight=MAX_WEIGHT, name="b")
+    balancer = make([a, b], FakeClock(), rng=random.Random(5))
+    picks = Counter(attempt(balancer.begin("gpt-4o")).backend.name for _ in range(4000))
+    assert abs(picks["a"] / 4000 - 0.5) < 0.04, f"equal huge weights must split evenly, got {picks}"
 
 
 def test_equal_weights_use_every_backend_of_the_tier() -> None:
@@ -415,4 +424,4 @@ def test_concurrent_failures_of_one_outage_trip_the_breaker_once() -> None:
             thread.join()
     finally:
         sys.setswitchinterval(interval)
-    assert store.blocked(PTU.key, "gpt-4o", clock.now) == (clock.now + 5, "failing")
+    assert store.blocked(PTU.key, "gpt-4o", clock.now) == (clock.now + 5, "failure")

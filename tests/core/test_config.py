@@ -47,6 +47,8 @@ def test_path_prefix_case_is_kept_in_the_key() -> None:
         ({"url": "https://x.example.com", "weight": -1}, "weight must be a positive number"),
         ({"url": "https://x.example.com", "weight": float("nan")}, "weight must be a positive number"),
         ({"url": "https://x.example.com", "weight": True}, "weight must be a positive number"),
+        ({"url": "https://x.example.com", "weight": 1e308}, "weight must be a positive number up to 1e+09"),
+        ({"url": "https://x.example.com", "weight": float("inf")}, "weight must be a positive number"),
         ({"url": "https://x.example.com", "priority": 1.5}, "priority must be an integer"),
         ({"url": "https://x.example.com", "api_key": ""}, "api_key must be a non-empty string"),
         ({"url": "https://x.example.com", "api_key": "k", "azure_ad_token_provider": lambda: "t"}, "not both"),

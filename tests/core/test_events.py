@@ -21,6 +21,7 @@ from openai_lb import (
     ConfigurationError,
     Event,
     InMemoryHealthStore,
+    NoBackendCanServe,
     Policy,
 )
 from openai_lb._core import Answer, Attempt, Balancer, Call
@@ -96,7 +97,7 @@ def test_a_5xx_finishes_as_a_failure_and_opens_the_breaker_with_its_streak(clock
         finished, cooled = events.take()[1:3]
         assert isinstance(finished, AttemptFinished)
         assert (finished.outcome, finished.status, finished.error, finished.failed_over) == ("failure", 503, None, True)
-        assert cooled == BackendCooled("ptu", "https://ptu.example.com", None, "failing", seconds, None, streak)
+        assert cooled == BackendCooled("ptu", "https://ptu.example.com", None, "failure", seconds, None, streak)
         clock.advance(seconds)
 
 
@@ -127,7 +128,7 @@ def test_a_missing_deployment_cools_for_the_cap(clock: FakeClock) -> None:
     finished, cooled = events.take()[1:3]
     assert isinstance(finished, AttemptFinished)
     assert (finished.outcome, finished.status) == ("deployment_missing", 404)
-    assert cooled == BackendCooled("ptu", "https://ptu.example.com", "gpt-4o", "missing", 300.0, None, 0)
+    assert cooled == BackendCooled("ptu", "https://ptu.example.com", "gpt-4o", "deployment_missing", 300.0, None, 0)
 
 
 def test_a_client_error_is_delivered_and_finishes_as_such(clock: FakeClock) -> None:
@@ -304,7 +305,7 @@ def test_events_are_frozen_and_never_carry_a_credential(clock: FakeClock) -> Non
             event.backend = "changed"  # type: ignore[misc]
 
 
-outcomes = st.sampled_from(["ok", "429", "500", "error", "missing", "400", "skip", "release"])
+outcomes = st.sampled_from(["ok", "429", "500", "error", "deployment_missing", "400", "skip", "release"])
 
 
 @given(script=st.lists(outcomes, max_size=40), advance=st.floats(min_value=0, max_value=100))
@@ -345,3 +346,115 @@ def test_every_started_attempt_finishes_exactly_once_before_the_next_starts(scri
             open_attempt = None
     assert open_attempt is None, f"{open_attempt} never finished"
     assert all(status.in_flight == 0 for status in balancer.status())
+
+
+def test_no_token_for_any_backend_answers_401_naming_the_exception_types_not_a_429(clock: FakeClock) -> None:
+    events = Recorder()
+    balancer = make(clock, events)
+    call, attempt = begin(balancer)
+    call.skip(attempt, PermissionError("secret-detail"))
+    second = call.next()
+    assert isinstance(second, Attempt)
+    call.skip(second, TimeoutError("secret-detail"))
+    answer = call.next()
+    assert isinstance(answer, Answer)
+    assert answer.status == 401, f"a credential outage must not look like throttling: {answer}"
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == "TokenProviderFailed"
+    assert "'ptu' (PermissionError)" in error["message"]
+    assert "'paygo' (TimeoutError)" in error["message"]
+    assert "secret-detail" not in error["message"], "the provider's message may hold a secret"
+    assert events.events[-1] == NoBackendCanServe("gpt-4o", 401, "credentials", 2)
+
+
+def test_a_skipped_backend_beside_a_cooling_one_answers_the_cooling_ones_wait(clock: FakeClock) -> None:
+    balancer = make(clock)
+    call, attempt = begin(balancer)
+    call.skip(attempt, RuntimeError())
+    second = call.next()
+    assert isinstance(second, Attempt)
+    call.report(second, 429, {"retry-after": "9"}, None)
+    answer = call.next()
+    assert isinstance(answer, Answer)
+    assert answer.status == 429, "waiting for the cooling backend may help"
+    assert dict(answer.headers)["retry-after"] == "9"
+
+
+def test_no_backend_having_the_deployment_is_announced(clock: FakeClock) -> None:
+    events = Recorder()
+    balancer = make(clock, events)
+    call, attempt = begin(balancer)
+    call.report(attempt, 404, {}, NOT_FOUND)
+    second = call.next()
+    assert isinstance(second, Attempt)
+    call.report(second, 404, {}, NOT_FOUND)
+    answer = call.next()
+    assert isinstance(answer, Answer)
+    assert answer.status == 404
+    assert events.events[-1] == NoBackendCanServe("gpt-4o", 404, "deployment_missing", 2)
+
+
+def test_logging_is_a_hook_that_costs_no_event_while_the_logger_is_quiet(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    built: list[str] = []
+
+    def counting(cls: type) -> None:
+        original = cls.__init__
+
+        def init(self: object, *args: object, **kwargs: object) -> None:
+            built.append(cls.__name__)
+            original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", init)
+
+    for cls in (AttemptStarted, AttemptFinished, BackendCooled, BackendRecovered):
+        counting(cls)
+    balancer = make(clock)
+    with caplog.at_level(logging.WARNING, logger="openai_lb"):
+        call, attempt = begin(balancer)
+        call.report(attempt, 503, {}, None)
+        second = call.next()
+        assert isinstance(second, Attempt)
+        call.report(second, 200, {}, None)
+    assert built == [], f"events were built for a quiet logger and no hooks: {built}"
+    with caplog.at_level(logging.INFO, logger="openai_lb"):
+        call, attempt = begin(balancer)
+        call.report(attempt, 429, {"retry-after": "3"}, None)
+    assert "AttemptFinished" in built
+    assert "BackendCooled" in built
+    assert "AttemptStarted" not in built, "attempt starts are logged at DEBUG only"
+    assert any("answered 429: cooling 3.000 s" in r.getMessage() for r in caplog.records)
+
+
+@given(st.text(min_size=1, max_size=40))
+@settings(max_examples=150, deadline=None)
+def test_no_deployment_name_can_forge_a_log_line(name: str) -> None:
+    clock = FakeClock()
+    balancer = make(clock)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("openai_lb")
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        call = balancer.begin(name)
+        attempt = call.next()
+        assert isinstance(attempt, Attempt)
+        call.report(attempt, 429, {}, None)
+        second = call.next()
+        assert isinstance(second, Attempt)
+        call.report(second, 404, {}, NOT_FOUND)
+        call.next()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert records
+    for record in records:
+        message = record.getMessage()
+        assert message.isprintable(), f"a control character from the caller reached the log: {message!r}"

@@ -32,7 +32,7 @@ def test_a_success_while_the_breaker_is_open_resets_the_streak_but_recovers_only
     store.trip(KEY, 0.0, 1.0, lambda _: 5.0)
     assert store.count_success(KEY, "gpt-4o", 2.0) == (), "an attempt sent before the trip succeeded: still open"
     assert store.snapshot(KEY, 2.0).failures == 0
-    assert store.blocked(KEY, "gpt-4o", 2.0) == (6.0, "failing"), "the breaker stays open until its time"
+    assert store.blocked(KEY, "gpt-4o", 2.0) == (6.0, "failure"), "the breaker stays open until its time"
     assert store.count_success(KEY, "gpt-4o", 6.0) == (None,), "the first success after it closed"
 
 
@@ -132,7 +132,7 @@ def test_ended_blocks_of_names_never_used_again_are_forgotten_down_to_what_the_s
 def test_a_snapshot_forgets_ended_blocks_of_its_backend_when_writes_brought_no_time() -> None:
     store = InMemoryHealthStore(max_entries=1000)
     for number in range(1000):
-        store.block(KEY, f"typo-{number}", 10.0, "missing")
+        store.block(KEY, f"typo-{number}", 10.0, "deployment_missing")
     assert store.size == 1000
     assert store.snapshot(KEY, 11.0).deployments == {}
     assert store.size == 100, f"ended blocks beyond the 100 kept should be gone, {store.size} held"
@@ -184,7 +184,7 @@ def test_eviction_never_evicts_a_circuit_breaker() -> None:
         store.block(KEY, f"name-{number}", 100.0 + number, "rate_limited")
     assert store.size == 3
     assert store.snapshot(KEY, 1.0).open_until == 5.0, "the breaker was evicted"
-    assert store.blocked("https://other.example.com", "gpt-4o", 1.0) == (5.0, "failing")
+    assert store.blocked("https://other.example.com", "gpt-4o", 1.0) == (5.0, "failure")
 
 
 class Watched(dict[str | None, tuple[float, Reason]]):
@@ -208,11 +208,11 @@ def test_a_snapshot_goes_through_the_blocks_of_its_own_backend_only() -> None:
     for number in range(5000):
         store.block(other, f"name-{number}", 100.0, "rate_limited")
     store.block(KEY, "gpt-4o", 100.0, "rate_limited")
-    store.block(KEY, "mini", 100.0, "missing")
+    store.block(KEY, "mini", 100.0, "deployment_missing")
     own = store._by_key[KEY] = Watched(store._by_key[KEY])
     store._by_key[other] = Watched(store._by_key[other], forbidden=True)
     health = store.snapshot(KEY, 1.0)
-    assert health.deployments == {"gpt-4o": (100.0, "rate_limited"), "mini": (100.0, "missing")}
+    assert health.deployments == {"gpt-4o": (100.0, "rate_limited"), "mini": (100.0, "deployment_missing")}
     assert own.touched == 2, f"a snapshot of 2 blocks went through {own.touched}"
 
 
@@ -233,8 +233,8 @@ def test_a_balancers_status_reads_only_its_own_backends_in_a_shared_store() -> N
 lookups = st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["gpt-4o", "mini", "o3", "", "x"]))
 changes = st.lists(
     st.one_of(
-        st.tuples(st.just("block"), lookups, st.floats(0, 50), st.sampled_from(["rate_limited", "missing"])),
-        st.tuples(st.just("trip"), lookups, st.floats(0, 50), st.just("failing")),
+        st.tuples(st.just("block"), lookups, st.floats(0, 50), st.sampled_from(["rate_limited", "deployment_missing"])),
+        st.tuples(st.just("trip"), lookups, st.floats(0, 50), st.just("failure")),
         st.tuples(st.just("success"), lookups, st.just(0.0), st.just("")),
         st.tuples(st.just("snapshot"), lookups, st.just(0.0), st.just("")),
         st.tuples(st.just("wait"), lookups, st.floats(0, 30), st.just("")),
@@ -257,7 +257,7 @@ def test_while_running_blocks_fit_the_bound_the_store_answers_like_one_that_forg
         own, wide = model.get((key, deployment)), model.get((key, None))
         own = own if own is not None and own[0] > now else None
         wide = wide if wide is not None and wide[0] > now else None
-        if own is not None and own[1] == "missing":
+        if own is not None and own[1] == "deployment_missing":
             return own
         running = [block for block in (own, wide) if block is not None]
         return max(running, key=lambda block: block[0]) if running else None
@@ -276,7 +276,7 @@ def test_while_running_blocks_fit_the_bound_the_store_answers_like_one_that_forg
             now += 0.5  # an attempt sent after the last trip
             if tripped_at.get(key, -1.0) < now:
                 tripped_at[key] = now
-                keep_later((key, None), (now + value, "failing"))
+                keep_later((key, None), (now + value, "failure"))
             store.trip(key, now, now, lambda _, seconds=value: seconds)
         elif op == "success":
             store.count_success(key, deployment, now)

@@ -99,7 +99,7 @@ def test_missing_deployments_are_listed_with_their_reason(clock: FakeClock) -> N
     call, attempt = step(balancer)
     call.report(attempt, 404, {}, NOT_FOUND)
     (cooldown,) = by_name(balancer)["ptu"].deployments
-    assert cooldown.reason == "missing"
+    assert cooldown.reason == "deployment_missing"
     assert by_name(balancer)["ptu"].last_failure == "DeploymentNotFound"
 
 

@@ -65,7 +65,7 @@ def test_a_429_failover_and_a_refused_backend_reach_the_hook_as_typed_events(ser
     assert all(e.latency > 0 for e in finished), finished
     cooled = events.of(BackendCooled)
     assert [(e.backend, e.deployment, e.reason, e.source) for e in cooled] == [
-        ("down", None, "failing", None),
+        ("down", None, "failure", None),
         ("ptu", "gpt-4o", "rate_limited", "retry-after-ms"),
     ]
     assert cooled[1].seconds == 30.0

@@ -233,3 +233,25 @@ def test_redirects_are_handed_to_the_caller_not_followed(servers, balanced) -> N
     assert caught.value.status_code == 307
     assert len(ptu.requests) == 1
     assert paygo.requests == []
+
+
+def test_every_token_provider_failing_is_an_authentication_error_naming_the_cause(servers, balanced) -> None:
+    ptu, paygo = servers("ptu", tokens={"t"}), servers("paygo", tokens={"t"})
+
+    def broken() -> str:
+        raise PermissionError("refresh token abc123 expired")
+
+    client = balanced(
+        [
+            Backend(ptu.url, priority=1, name="ptu", azure_ad_token_provider=broken),
+            Backend(paygo.url, priority=2, name="paygo", azure_ad_token_provider=broken),
+        ],
+        max_retries=2,
+    )
+    with pytest.raises(openai.AuthenticationError) as caught:
+        chat(client)
+    message = str(caught.value)
+    assert "'ptu' (PermissionError)" in message
+    assert "'paygo' (PermissionError)" in message
+    assert "abc123" not in message, "the provider's message may hold a secret"
+    assert (ptu.requests, paygo.requests) == ([], []), "nothing can be sent without a token"

@@ -208,7 +208,7 @@ def test_a_refused_connection_is_counted_with_its_exception_type(servers, client
     assert down["error.type"] == "ConnectError", "no status: error.type is the exception's type name"
     assert "http.response.status_code" not in down, "no status code when nothing answered"
     cooldowns = telemetry.points(COOLDOWNS)
-    assert [(a["openai_lb.backend"], a["openai_lb.cooldown.reason"]) for a, _ in cooldowns] == [("down", "failing")]
+    assert [(a["openai_lb.backend"], a["openai_lb.cooldown.reason"]) for a, _ in cooldowns] == [("down", "failure")]
     assert "openai_lb.cooldown.source" not in cooldowns[0][0], "the breaker's duration comes from no header"
     assert "openai_lb.deployment" not in cooldowns[0][0], "the breaker cools the whole backend"
     span = telemetry.span()
