@@ -259,6 +259,10 @@ class Policy:
     """Cap of that doubling."""
     failover_statuses: frozenset[int] = frozenset({408, 500, 502, 503, 504})
     """Statuses that fail over and count toward the circuit breaker (429 and 404 are handled apart)."""
+    headers_timeout: float | None = None
+    """Seconds an attempt may wait for its response headers in all, however slowly they trickle in;
+    past it the attempt fails over like a timeout. None: only the SDK's timeout, which applies to
+    each read (and to connecting), so a backend sending a byte now and then holds an attempt."""
 
     def __post_init__(self) -> None:
         for label in ("default_cooldown", "max_cooldown", "breaker_base", "breaker_max"):
@@ -269,6 +273,13 @@ class Policy:
                 or not (math.isfinite(value) and value > 0)
             ):
                 raise ConfigurationError(f"Policy.{label} must be a positive number of seconds, got {value!r}.")
+        limit = self.headers_timeout
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (math.isfinite(limit) and limit > 0)
+        ):
+            raise ConfigurationError(
+                f"Policy.headers_timeout must be a positive number of seconds or None, got {limit!r}."
+            )
         if self.default_cooldown > self.max_cooldown:
             raise ConfigurationError("Policy.default_cooldown must not exceed Policy.max_cooldown.")
         if self.breaker_base > self.breaker_max:

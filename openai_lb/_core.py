@@ -273,6 +273,12 @@ class Call:
         """Learn from a transport error (connection refused or reset, timeout); always fails over."""
         self._trip(attempt, type(error).__name__, None)
 
+    def cut(self, attempt: Attempt, error: BaseException) -> None:
+        """The body of an answer already handed to the caller broke off (``report`` said deliver):
+        counted as the backend's failure; too late to fail over or to cool it down."""
+        balancer = self._balancer
+        balancer.stats.broken(attempt.backend.key, f"body cut: {type(error).__name__}", balancer.wall_clock())
+
     def skip(self, attempt: Attempt, error: BaseException) -> None:
         """The backend's token provider raised ``error``: fail over without telling the shared health
         store, since other clients of the backend may hold good credentials."""

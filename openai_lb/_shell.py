@@ -7,15 +7,19 @@ The sync and async loops below are the only twins: every decision is in ``_core`
 
 from __future__ import annotations
 
+import concurrent.futures
 import inspect
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
+import anyio
+
 from ._config import Backend, Policy, header_safe
 from ._core import Answer, Attempt, Balancer, Call, Clock
 from ._errors import ConfigurationError
 from ._events import EventHook
+from ._framing import is_close_delimited, is_event_stream, is_json, json_complete
 from ._health import HealthStore
 from ._rewrite import RequestTemplate
 from ._stacks import HttpStack
@@ -54,6 +58,12 @@ def _refuse_awaitable(token: object, backend: Backend) -> None:
         f"Backend {backend.name!r}: its azure_ad_token_provider is async; "
         f"use it with AsyncAzureOpenAI or give a sync provider."
     )
+
+
+def _close_late_response(future: concurrent.futures.Future[Any]) -> None:
+    """An attempt given up on may still get its answer: close it, nobody will read it."""
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
 
 
 def _token_of(backend: Backend) -> object:
@@ -105,6 +115,7 @@ class BalancingShell:
         self._urls: dict[str, Any] = {}
         # Set by close(): the connections an attempt still waits on are going away on purpose.
         self._closing = False
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def backends(self) -> tuple[Backend, ...]:
@@ -161,9 +172,56 @@ class BalancingShell:
     def _answer(self, request: Any, answer: Answer) -> Any:
         return self._stack.module.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
 
-    def _deliver(self, response: Any, attempt: Attempt) -> Any:
+    def _deliver(self, response: Any, call: Call, attempt: Attempt) -> Any:
         response.headers[BACKEND_HEADER] = attempt.backend.name
+        if is_event_stream(response.headers) and is_close_delimited(response.headers, response.http_version):
+            response.stream = self._stack.checked_stream(response.stream, lambda error: call.cut(attempt, error))
         return response
+
+    def _check_whole(self, response: Any, body: bytes | None) -> None:
+        """A JSON answer read whole is delivered whole: one cut short by a closed connection fails over."""
+        if body is not None and is_close_delimited(response.headers, response.http_version) and not json_complete(body):
+            response.close()
+            raise self._stack.module.RemoteProtocolError("the answer ended before its JSON did (connection cut)")
+
+    def _timed_out(self) -> BaseException:
+        limit = self.balancer.policy.headers_timeout
+        error: BaseException = self._stack.module.ReadTimeout(
+            f"no response headers within {limit} s (Policy.headers_timeout)"
+        )
+        return error
+
+    def _send(self, inner: Any, request: Any) -> Any:
+        limit = self.balancer.policy.headers_timeout
+        if limit is None:
+            return inner.handle_request(request)
+        # A blocking read cannot be given a deadline across reads, so the attempt waits in a worker thread.
+        future = self._workers().submit(inner.handle_request, request)
+        try:
+            return future.result(timeout=limit)
+        except concurrent.futures.TimeoutError:
+            future.add_done_callback(_close_late_response)
+            raise self._timed_out() from None
+        except BaseException:
+            future.add_done_callback(_close_late_response)
+            raise
+
+    async def _asend(self, inner: Any, request: Any) -> Any:
+        limit = self.balancer.policy.headers_timeout
+        if limit is None:
+            return await inner.handle_async_request(request)
+        with anyio.move_on_after(limit):
+            return await inner.handle_async_request(request)
+        raise self._timed_out()
+
+    def _workers(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        _MAX_CONNECTIONS, thread_name_prefix="openai_lb-attempt"
+                    )
+        return self._executor
 
     # -- the two loops: send, report, and either deliver or fail over
 
@@ -203,9 +261,10 @@ class BalancingShell:
                 call.release(step, error)
                 raise
             try:
-                response = inner.handle_request(self._build(request, template, step, credential))
+                response = self._send(inner, self._build(request, template, step, credential))
                 status = response.status_code
-                body = response.read() if call.needs_body(status) else None
+                body = response.read() if call.needs_body(status) or is_json(response.headers) else None
+                self._check_whole(response, body)
             except self._stack.failover_errors as error:
                 self._sent_failed(call, step, error)
                 continue
@@ -213,7 +272,7 @@ class BalancingShell:
                 call.release(step, error)
                 raise
             if call.report(step, status, response.headers, body):
-                return self._deliver(response, step)
+                return self._deliver(response, call, step)
             response.close()
 
     async def handle_async_request(self, request: Any) -> Any:
@@ -236,9 +295,10 @@ class BalancingShell:
                 call.release(step, error)
                 raise
             try:
-                response = await inner.handle_async_request(self._build(request, template, step, credential))
+                response = await self._asend(inner, self._build(request, template, step, credential))
                 status = response.status_code
-                body = await response.aread() if call.needs_body(status) else None
+                body = await response.aread() if call.needs_body(status) or is_json(response.headers) else None
+                self._check_whole(response, body)
             except self._stack.failover_errors as error:
                 self._sent_failed(call, step, error)
                 continue
@@ -246,11 +306,13 @@ class BalancingShell:
                 call.release(step, error)
                 raise
             if call.report(step, status, response.headers, body):
-                return self._deliver(response, step)
+                return self._deliver(response, call, step)
             await response.aclose()
 
     def close(self) -> None:
         self._closing = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
         if self._sync_inner is not None:
             self._sync_inner.close()
 

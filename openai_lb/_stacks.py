@@ -15,13 +15,14 @@ from __future__ import annotations
 import functools
 import importlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any, Literal
 
 import openai
 
+from ._framing import EventStreamEnd
 from ._rewrite import Header, lowered
 
 __all__ = ["STACK_NAMES", "HttpStack", "StackName", "installed_stacks", "load_stack", "sdk_stack"]
@@ -42,6 +43,9 @@ class HttpStack:
     """Failover errors that are this machine's fault (bad header, full pool, closed client): they propagate."""
     header_triples: bool
     """Whether ``Headers`` keep ``Header`` triples that can be read and written directly."""
+    checked_stream: type
+    """A byte stream (sync and async) of this library that raises where an event stream ends early:
+    ``checked_stream(inner, on_cut)``, ``on_cut(error)`` told of the cut (or the read error) first."""
 
     def __repr__(self) -> str:
         return f"HttpStack({self.name!r})"
@@ -99,7 +103,51 @@ def load_stack(name: StackName) -> HttpStack:
         # httpx2 lets some TLS and stream-end failures of its I/O layer through unmapped.
         failover += (ssl.SSLError, anyio.EndOfStream)
     local = (module.LocalProtocolError, module.UnsupportedProtocol, module.PoolTimeout)
-    return HttpStack(name, module, failover, local, keeps_header_triples(module))
+    return HttpStack(name, module, failover, local, keeps_header_triples(module), _checked_stream(module, failover))
+
+
+def _checked_stream(module: Any, failover: tuple[type[BaseException], ...]) -> type:
+    class CheckedStream(module.SyncByteStream, module.AsyncByteStream):  # type: ignore[misc]
+        """Passes a close-delimited event stream through as it comes, raising where it ends early."""
+
+        def __init__(self, inner: Any, on_cut: Callable[[BaseException], None]) -> None:
+            self._inner = inner
+            self._on_cut = on_cut
+            self._end = EventStreamEnd()
+
+        def _ended(self) -> None:
+            if not self._end.complete():
+                cut = module.RemoteProtocolError("the event stream ended without its terminal event (connection cut)")
+                self._on_cut(cut)
+                raise cut
+
+        def __iter__(self) -> Iterator[bytes]:
+            try:
+                for chunk in self._inner:
+                    self._end.feed(chunk)
+                    yield chunk
+            except failover as error:
+                self._on_cut(error)
+                raise
+            self._ended()
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            try:
+                async for chunk in self._inner:
+                    self._end.feed(chunk)
+                    yield chunk
+            except failover as error:
+                self._on_cut(error)
+                raise
+            self._ended()
+
+        def close(self) -> None:
+            self._inner.close()
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    return CheckedStream
 
 
 def installed_stacks() -> tuple[HttpStack, ...]:

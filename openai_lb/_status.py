@@ -111,6 +111,13 @@ class StatsBook:
                 stats.failures += 1
             stats.last_failure, stats.last_failure_at = what, when
 
+    def broken(self, key: str, what: str, when: float) -> None:
+        """A delivered answer's body broke off: a failure, long after the attempt left ``in_flight``."""
+        with self._lock:
+            stats = self.by_key[key]
+            stats.failures += 1
+            stats.last_failure, stats.last_failure_at = what, when
+
     def released(self, key: str) -> None:
         """An attempt ended by this machine's error or a cancellation: no verdict on the backend."""
         with self._lock:

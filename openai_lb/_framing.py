@@ -1,0 +1,70 @@
+"""Whether an answer's body arrived whole, when its framing cannot say.
+
+An HTTP/1 answer with neither ``content-length`` nor chunked encoding ends when the connection
+closes, so a connection cut midway looks to the HTTP library like a clean end. These pure checks
+tell a complete body from a truncated one by its content: a JSON document must parse, and a
+server-sent event stream must have sent its terminal event (``data: [DONE]`` for chat completions,
+``response.completed``, ``response.failed``, ``response.incomplete`` or ``error`` for responses).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+__all__ = ["EventStreamEnd", "is_close_delimited", "is_event_stream", "is_json", "json_complete"]
+
+_TERMINAL = re.compile(rb"data: ?\[DONE\]|event: ?(?:response\.(?:completed|failed|incomplete)|error)\r?\n")
+# Enough of the previous chunk to find a marker split across two chunks.
+_OVERLAP = 48
+_EVENT_END = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+def is_close_delimited(headers: Mapping[str, str], http_version: str) -> bool:
+    """Whether the body ends only when the connection closes (HTTP/1 without length or chunking)."""
+    return http_version.startswith("HTTP/1") and "content-length" not in headers and "transfer-encoding" not in headers
+
+
+def _media_type(headers: Mapping[str, str]) -> str:
+    return headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def is_json(headers: Mapping[str, str]) -> bool:
+    return _media_type(headers) == "application/json"
+
+
+def is_event_stream(headers: Mapping[str, str]) -> bool:
+    return _media_type(headers) == "text/event-stream"
+
+
+def json_complete(body: bytes) -> bool:
+    """Whether ``body`` is a whole JSON document (an empty body is whole too: there was nothing to cut)."""
+    if not body.strip():
+        return True
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
+class EventStreamEnd:
+    """Fed a stream's chunks in order, tells whether it ended after its terminal event."""
+
+    __slots__ = ("_tail", "_terminal")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._terminal = False
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if not self._terminal:
+            self._terminal = _TERMINAL.search(self._tail + chunk) is not None
+        self._tail = (self._tail + chunk)[-_OVERLAP:]
+
+    def complete(self) -> bool:
+        """A terminal event was seen and the stream stopped at an event's end, not inside one."""
+        return self._terminal and self._tail.endswith(_EVENT_END)
