@@ -51,14 +51,20 @@ _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 def check_proxy(url: str) -> None:
     """Raise `ConfigurationError` when ``url`` cannot serve as the probes' proxy, in words that never repeat it
     (it may hold a password)."""
-    parts = urlsplit(url)
-    if parts.scheme not in _PROXY_SCHEMES or not parts.hostname:
-        raise ConfigurationError("the proxy must be a URL like http://proxy:3128 (http, https or socks5, with a host)")
     try:
-        sdk_stack().module.HTTPTransport(proxy=url).close()
+        parts = urlsplit(url)
+        # Reading the port raises for one that is no number or out of range.
+        usable = parts.scheme in _PROXY_SCHEMES and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a malformed IPv6 address or port
+        usable = False
+    if not usable:
+        raise ConfigurationError("the proxy must be a URL like http://proxy:3128 (http, https or socks5, with a host)")
+    http = sdk_stack().module
+    try:
+        http.HTTPTransport(proxy=url).close()
     except ImportError:
         raise ConfigurationError("a SOCKS proxy needs the socksio package (the HTTP library's 'socks' extra)") from None
-    except ValueError:
+    except (ValueError, http.InvalidURL):
         raise ConfigurationError("the proxy is not a URL the HTTP library accepts as a proxy") from None
 
 
