@@ -225,6 +225,20 @@ def test_unset_key_variable_and_missing_file_are_config_errors(
     assert check(capsys, tmp_path / "absent.toml")[:2] == (2, "")
 
 
+@pytest.mark.parametrize(("name", "text"), [("deep.json", "[" * 100_000), ("deep.toml", "a = " + "{b = " * 100_000)])
+def test_a_deeply_nested_file_is_a_config_error_with_exit_status_2(
+    name: str, text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+
+    code, out, err = check(capsys, path)
+
+    assert code == 2, f"not the exit status of a bad file: {code}\n{err}"
+    assert out == ""
+    assert err.startswith(f"openai-lb check: {path} is nested too deeply"), err
+
+
 def test_bad_timeout_is_a_usage_error(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = check(capsys, config(("ptu", "https://a.openai.azure.com", "")), "--timeout", "0")
 
