@@ -23,7 +23,15 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ._check import DEFAULT_API_VERSION, BackendCheck, CheckReport, DeploymentCheck, check_backends, proxy_problem
+from ._check import (
+    API_VERSION_ENV,
+    DEFAULT_API_VERSION,
+    BackendCheck,
+    CheckReport,
+    DeploymentCheck,
+    check_backends,
+    check_proxy,
+)
 from ._demo import DemoResult, DemoSettings, DemoStep, PlainView, intro, run_demo, step_line
 from ._errors import ConfigurationError
 from ._loading import load_backends
@@ -95,10 +103,12 @@ def _seconds(*, allow_zero: bool) -> Callable[[float], float]:
 
 
 def _proxy_url(value: str | None) -> str | None:
-    problem = None if value is None else proxy_problem(value)
-    if problem is not None:
-        # The message never repeats the URL: it may hold a password.
-        raise typer.BadParameter(problem)
+    if value is not None:
+        try:
+            check_proxy(value)
+        except ConfigurationError as error:
+            # The message never repeats the URL: it may hold a password.
+            raise typer.BadParameter(str(error)) from None
     return value
 
 
@@ -226,7 +236,7 @@ def check(
         ),
     ] = None,
     api_version: Annotated[
-        str, typer.Option(envvar="OPENAI_API_VERSION", help="Azure OpenAI api-version of the probes.")
+        str, typer.Option(envvar=API_VERSION_ENV, help="Azure OpenAI api-version of the probes.")
     ] = DEFAULT_API_VERSION,
     timeout: Annotated[
         float, typer.Option(callback=_seconds(allow_zero=False), help="Seconds each probe may take.")

@@ -15,6 +15,7 @@ import openai
 
 from ._config import Backend, Policy, first_of, validate_backends
 from ._core import Balancer
+from ._credentials import environment_credential
 from ._errors import ConfigurationError
 from ._events import EventHook, hooks_from
 from ._health import HealthStore
@@ -33,7 +34,6 @@ __all__ = [
 # replaces it, so it never reaches a backend.
 BACKEND_CREDENTIALS_ONLY = "openai-lb-uses-backend-credentials"
 _CLIENT_CREDENTIALS = ("api_key", "azure_ad_token", "azure_ad_token_provider")
-_CREDENTIAL_ENV = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN")
 
 
 def transport_class(stack: HttpStack | None = None) -> type[BalancingShell]:
@@ -97,8 +97,8 @@ def _balanced_kwargs(owner: type[Any], kwargs: dict[str, Any], given: Balancing,
                     f"cannot await; use openai_lb.AsyncAzureOpenAI or give a sync provider."
                 )
     kwargs = dict(kwargs)
-    has_client_credential = any(kwargs.get(name) is not None for name in _CLIENT_CREDENTIALS) or any(
-        os.environ.get(name) for name in _CREDENTIAL_ENV
+    has_client_credential = any(kwargs.get(name) is not None for name in _CLIENT_CREDENTIALS) or (
+        environment_credential() is not None
     )
     if not has_client_credential:
         lacking = [b.name for b in checked if not b.has_credential]

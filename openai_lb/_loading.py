@@ -6,10 +6,11 @@ Secrets stay out of files: an entry names the environment variable that holds it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,26 @@ def _entries(source: str, document: Any) -> list[Backend]:
     return [_entry(source, index, entry) for index, entry in enumerate(entries)]
 
 
+@contextlib.contextmanager
+def _not_too_deep(source: str) -> Iterator[None]:
+    """The parsers raise RecursionError on arrays or tables nested about a thousand deep: an error naming
+    the source instead."""
+    try:
+        yield
+    except RecursionError:
+        raise ConfigurationError(
+            f"{source} is nested too deeply (arrays or tables inside one another); a backends list holds flat "
+            f"entries, each with at most a deployments table."
+        ) from None
+
+
 def backends_from_json(text: str, *, source: str = "JSON") -> list[Backend]:
     """Backends from JSON: a list of objects whose keys are ``Backend``'s argument names (or ``api_key_env``)."""
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise ConfigurationError(f"{source} is not valid JSON: {exc}.") from None
+    with _not_too_deep(source):
+        try:
+            document = json.loads(text)
+        except ValueError as exc:
+            raise ConfigurationError(f"{source} is not valid JSON: {exc}.") from None
     return _entries(source, document)
 
 
@@ -102,10 +117,11 @@ def load_backends(path: str | os.PathLike[str]) -> list[Backend]:
     if suffix == ".json":
         return backends_from_json(text, source=str(file))
     if suffix == ".toml":
-        try:
-            document = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(f"{file} is not valid TOML: {exc}.") from None
+        with _not_too_deep(str(file)):
+            try:
+                document = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigurationError(f"{file} is not valid TOML: {exc}.") from None
         return _entries(str(file), document)
     raise ConfigurationError(f"{file}: a backends file must end in .toml or .json.")
 

@@ -19,7 +19,7 @@ import pytest
 from helpers import sdk_http_module
 from rich.console import Console
 
-from openai_lb import Backend
+from openai_lb import Backend, ConfigurationError
 from openai_lb.__main__ import main
 from openai_lb._check import DEFAULT_API_VERSION, check_backends, deployments_to_check
 from openai_lb._cli import run
@@ -223,6 +223,20 @@ def test_unset_key_variable_and_missing_file_are_config_errors(
 
     assert check(capsys, path)[0] == 2
     assert check(capsys, tmp_path / "absent.toml")[:2] == (2, "")
+
+
+@pytest.mark.parametrize(("name", "text"), [("deep.json", "[" * 100_000), ("deep.toml", "a = " + "{b = " * 100_000)])
+def test_a_deeply_nested_file_is_a_config_error_with_exit_status_2(
+    name: str, text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+
+    code, out, err = check(capsys, path)
+
+    assert code == 2, f"not the exit status of a bad file: {code}\n{err}"
+    assert out == ""
+    assert err.startswith(f"openai-lb check: {path} is nested too deeply"), err
 
 
 def test_bad_timeout_is_a_usage_error(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
@@ -597,14 +611,44 @@ def test_proxy_option_sends_the_probes_through_that_proxy_and_hides_its_password
     assert "hunter2" not in out + err
 
 
-@pytest.mark.parametrize("proxy", ["ftp://user:hunter2@127.0.0.1:3128", "http://", "user:hunter2@127.0.0.1"])
-def test_a_bad_proxy_is_a_usage_error_that_does_not_repeat_it(
-    proxy: str, config: Config, capsys: pytest.CaptureFixture[str]
+NOT_A_PROXY_URL = "the proxy must be a URL like http://proxy:3128 (http, https or socks5, with a host)"
+BAD_PROXIES = [
+    ("ftp://user:hunter2@127.0.0.1:3128", NOT_A_PROXY_URL),
+    ("http://", NOT_A_PROXY_URL),
+    ("user:hunter2@127.0.0.1", NOT_A_PROXY_URL),
+    ("http://user:hunter2@127.0.0.1:port", NOT_A_PROXY_URL),
+    ("http://user:hunter2@127.0.0.1:99999", NOT_A_PROXY_URL),
+    ("http://user:hunter2@[::1:3128", NOT_A_PROXY_URL),
+    ("http://user:hunter2@\x00:3128", "the proxy is not a URL the HTTP library accepts as a proxy"),
+]
+
+
+@pytest.mark.parametrize(("proxy", "problem"), BAD_PROXIES)
+def test_a_bad_proxy_is_a_configuration_error_naming_the_problem_not_the_url(proxy: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        check_backends([Backend("https://a.example.com", api_key="k")], proxy=proxy)
+
+    assert str(raised.value) == problem
+    assert "hunter2" not in str(raised.value), f"the proxy URL (and its password) was repeated: {raised.value}"
+
+
+def test_a_socks_proxy_without_socksio_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # None in sys.modules makes "import socksio" fail as if it were not installed.
+    monkeypatch.setitem(sys.modules, "socksio", None)
+
+    with pytest.raises(ConfigurationError, match=r"^a SOCKS proxy needs the socksio package"):
+        check_backends([Backend("https://a.example.com", api_key="k")], proxy="socks5://127.0.0.1:1080")
+
+
+@pytest.mark.parametrize(("proxy", "problem"), BAD_PROXIES)
+def test_a_bad_proxy_is_a_usage_error_that_says_the_problem_and_does_not_repeat_it(
+    proxy: str, problem: str, config: Config, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = check(capsys, config(("ptu", "https://a.openai.azure.com", GOOD)), "--proxy", proxy)
 
     assert code == 2, out + err
-    assert "--proxy" in err
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", err).split())  # typer may draw a box around the message
+    assert f"Invalid value for '--proxy': {problem}" in said, err
     assert "hunter2" not in err, f"the proxy URL (and its password) was repeated: {err}"
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from openai_lb import ConfigurationError, load_backends
-from openai_lb._loading import backends_from_env
+from openai_lb._loading import backends_from_env, backends_from_json
 
 TOML = """
 [[backends]]
@@ -105,3 +106,40 @@ def test_environment_variable_may_hold_json_or_a_file_path(
     path.write_text(TOML)
     monkeypatch.setenv("OPENAI_LB_BACKENDS", str(path))
     assert [b.name for b in backends_from_env()] == ["ptu", "paygo-eastus.openai.azure.com"]
+
+
+DEPTH = 100_000
+TOO_DEEP = "is nested too deeply"
+DEEP_DOCUMENTS = {
+    "JSON arrays": ("b.json", "[" * DEPTH),
+    "JSON objects": ("b.json", '{"a": ' * DEPTH),
+    "TOML inline arrays": ("b.toml", "[[backends]]\nurl = 'https://a.example.com'\nname = " + "[" * DEPTH),
+    "TOML inline tables": ("b.toml", "[[backends]]\nurl = 'https://a.example.com'\ndeployments = " + "{a = " * DEPTH),
+    "TOML arrays, closed": ("b.toml", "backends = " + "[" * DEPTH + "]" * DEPTH),
+}
+
+
+@pytest.mark.parametrize(("name", "text"), DEEP_DOCUMENTS.values(), ids=DEEP_DOCUMENTS)
+def test_a_deeply_nested_file_is_a_configuration_error_naming_it(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_backends(path)
+
+    assert f"{path} {TOO_DEEP}" in str(caught.value), f"not an error naming the file: {caught.value}"
+
+
+def test_a_deeply_nested_json_string_is_a_configuration_error_naming_its_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^inline {TOO_DEEP}"):
+        backends_from_json("[" * DEPTH, source="inline")
+    monkeypatch.setenv("OPENAI_LB_BACKENDS", "[" * DEPTH)
+    with pytest.raises(ConfigurationError, match=rf"^\$OPENAI_LB_BACKENDS {TOO_DEEP}"):
+        backends_from_env()
+    path = tmp_path / "deep.toml"
+    path.write_text("backends = " + "[" * DEPTH)
+    monkeypatch.setenv("OPENAI_LB_BACKENDS", str(path))
+    with pytest.raises(ConfigurationError, match=re.escape(f"{path} {TOO_DEEP}")):
+        backends_from_env()
