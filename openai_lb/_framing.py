@@ -39,9 +39,7 @@ def is_event_stream(headers: Mapping[str, str]) -> bool:
 
 
 def json_complete(body: bytes) -> bool:
-    """Whether ``body`` is a whole JSON document (an empty body is whole too: there was nothing to cut)."""
-    if not body.strip():
-        return True
+    """Whether ``body`` is a whole JSON document (an empty one is not: it was cut before its first byte)."""
     try:
         json.loads(body)
     except ValueError:
