@@ -1,0 +1,54 @@
+"""Telling a whole body from one cut short when only the closing connection framed it."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from openai_lb._framing import EventStreamEnd, is_close_delimited, json_complete
+
+CHAT = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n' * 3 + b"data: [DONE]\n\n"
+RESPONSES = (
+    b'event: response.created\ndata: {"type":"response.created"}\n\n'
+    b'event: response.output_text.delta\ndata: {"delta":"hi"}\n\n'
+    b'event: response.completed\ndata: {"type":"response.completed","response":{"id":"r"}}\n\n'
+)
+
+
+def fed(stream: bytes, cuts: list[int]) -> EventStreamEnd:
+    end = EventStreamEnd()
+    points = sorted({min(c, len(stream)) for c in cuts})
+    start = 0
+    for point in [*points, len(stream)]:
+        end.feed(stream[start:point])
+        start = point
+    return end
+
+
+@given(st.sampled_from([CHAT, RESPONSES]), st.lists(st.integers(0, 400), max_size=12))
+def test_a_whole_event_stream_is_complete_however_it_was_chunked(stream: bytes, cuts: list[int]) -> None:
+    assert fed(stream, cuts).complete()
+
+
+@given(st.sampled_from([CHAT, RESPONSES]), st.data())
+def test_every_stream_cut_before_its_last_byte_is_incomplete(stream: bytes, data: st.DataObject) -> None:
+    length = data.draw(st.integers(0, len(stream) - 1), label="length")
+    cuts = data.draw(st.lists(st.integers(0, length), max_size=8), label="cuts")
+    assert not fed(stream[:length], cuts).complete(), f"{stream[:length]!r} was taken for a whole stream"
+
+
+def test_a_stream_without_a_terminal_event_is_incomplete_even_at_an_event_boundary() -> None:
+    assert not fed(CHAT[: CHAT.index(b"data: [DONE]")], []).complete()
+
+
+def test_json_is_complete_only_when_it_parses() -> None:
+    assert json_complete(b'{"data": [1, 2]}')
+    assert not json_complete(b'{"data": [1, ')
+    assert not json_complete(b""), "nothing at all is a cut before the first byte"
+
+
+def test_only_http1_without_length_or_chunking_is_close_delimited() -> None:
+    assert is_close_delimited({}, "HTTP/1.1")
+    assert not is_close_delimited({"content-length": "3"}, "HTTP/1.1")
+    assert not is_close_delimited({"transfer-encoding": "chunked"}, "HTTP/1.1")
+    assert not is_close_delimited({}, "HTTP/2")
