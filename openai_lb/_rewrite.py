@@ -34,6 +34,9 @@ _SDK_BASE = re.compile(rb"(?P<endpoint>.*?)/openai(?:/v1|/deployments/[^/]+)?/*"
 # Numbers, literals, commas and colons are skipped by the search itself, in C.
 _JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]]|"', re.DOTALL)
 _JSON_SPACE = re.compile(rb"[ \t\r\n]*")
+# Up to this size a body's model is read by parsing it (quick, and the copy is small); larger ones are
+# scanned, which never holds a second copy of the body.
+_PARSE_LIMIT = 1 << 20
 
 
 def endpoint_path(base_path: bytes, azure_endpoint_path: bytes | None = None) -> bytes:
@@ -192,11 +195,22 @@ class RequestTemplate:
                 self.deployment = unquote(raw_path[start:end].decode("latin-1"))
         elif self.body and self._is_json():
             # /openai/v1/... and the Responses API name the deployment in the body's "model".
-            span = model_span(self.body)
-            model = None if span is None else _decoded(self.body[span[0] : span[1]])
-            if isinstance(model, str) and model:
-                self._model_span = span
-                self.deployment = model
+            self.deployment = self._body_model(self.body)
+
+    def _body_model(self, body: bytes) -> str | None:
+        if body[_skip_space(body, 0) :][:1] != b"{":
+            return None  # not an object, or not in UTF-8 (which json.loads would also take)
+        if len(body) <= _PARSE_LIMIT:
+            # The C parser is quicker than the scan on small bodies; the parsed copy is dropped at once.
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                return None
+            model = parsed.get("model") if isinstance(parsed, dict) else None
+        else:
+            self._model_span = model_span(body)
+            model = None if self._model_span is None else _decoded(body[self._model_span[0] : self._model_span[1]])
+        return model if isinstance(model, str) and model else None
 
     def _is_json(self) -> bool:
         for _, name, value in self._headers:
@@ -212,8 +226,11 @@ class RequestTemplate:
         if renamed and self._dep_start >= 0:
             assert deployment is not None
             raw_path = raw_path[: self._dep_start] + quote(deployment, safe="").encode() + raw_path[self._dep_end :]
-        elif renamed and self._model_span is not None and body is not None:
+        elif renamed and self._dep_start < 0 and body is not None and self.deployment is not None:
             assert deployment is not None
+            if self._model_span is None:
+                self._model_span = model_span(body)
+            assert self._model_span is not None, "a body whose model parses has that model's span"
             start, end = self._model_span
             view = memoryview(body)  # slices of a view copy nothing: the new body is the only copy
             body = b"".join((view[:start], _encoded(deployment), view[end:]))
