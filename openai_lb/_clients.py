@@ -121,6 +121,13 @@ def _balanced_kwargs(owner: type[Any], kwargs: dict[str, Any], given: Balancing,
     return kwargs
 
 
+def _serve_endpoint(client: openai.AzureOpenAI | openai.AsyncAzureOpenAI) -> None:
+    """Tell a balancing transport under ``client`` (its own, or one in a given http client) its endpoint."""
+    transport = getattr(client._client, "_transport", None)
+    if isinstance(transport, BalancingShell):
+        transport.add_client_endpoint(client.base_url, getattr(client, "_azure_endpoint", None))
+
+
 def _balancer_of(client: openai.AzureOpenAI | openai.AsyncAzureOpenAI) -> Balancer | None:
     transport = getattr(client._client, "_transport", None)
     return transport.balancer if isinstance(transport, BalancingShell) else None
@@ -155,6 +162,7 @@ class AzureOpenAI(openai.AzureOpenAI):
     ) -> None:
         given = Balancing(backends, policy, health_store, hooks_from(on_event))
         super().__init__(**_balanced_kwargs(type(self), kwargs, given, is_async=False))
+        _serve_endpoint(self)
 
     @property
     def balancer(self) -> Balancer | None:
@@ -178,6 +186,7 @@ class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
     ) -> None:
         given = Balancing(backends, policy, health_store, hooks_from(on_event))
         super().__init__(**_balanced_kwargs(type(self), kwargs, given, is_async=True))
+        _serve_endpoint(self)
 
     @property
     def balancer(self) -> Balancer | None:

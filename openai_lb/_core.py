@@ -35,7 +35,7 @@ from ._health import HealthStore, Reason, default_store
 from ._logging import DETAIL, NOTICE, log, log_event
 from ._status import BackendState, BackendStatus, DeploymentCooldown, StatsBook
 
-__all__ = ["Answer", "Attempt", "Balancer", "Call"]
+__all__ = ["OUTSIDE_THE_BASE", "Answer", "Attempt", "Balancer", "Call"]
 
 Clock = Callable[[], float]
 
@@ -413,3 +413,15 @@ class Call:
 
 def _error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+OUTSIDE_THE_BASE = Answer(
+    400,
+    (("content-type", "application/json"),),
+    _error_body(
+        "BadRequest",
+        "The request's path left the client's /openai base (a model name with '..' segments?): "
+        "where it would go on each backend is unknown, so openai_lb did not send it.",
+    ),
+)
+"""The answer to a request whose path climbed out of the SDK's base URL."""

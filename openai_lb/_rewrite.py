@@ -1,23 +1,25 @@
 """How a caller's request becomes an attempt on one backend: URL, credential, deployment.
 
-Pure functions over bytes and strings, shared by every transport shell. The SDK's URL
-is kept from ``/openai/`` on; everything before it (the client's endpoint and any path
-prefix) is replaced by the backend's URL, so scheme, host, port and prefix all follow
-the backend. The caller's request is never modified: each attempt is built anew.
+Pure functions over bytes and strings, shared by every transport shell. The client's
+endpoint (the SDK's base URL without its own ``/openai...`` part) is replaced by the
+backend's URL; the path after it is kept as the SDK built it, so scheme, host, port and
+prefix all follow the backend. The caller's request is never modified: each attempt is
+built anew.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from ._config import Backend
 
-__all__ = ["Header", "Outgoing", "RequestTemplate", "lowered"]
+__all__ = ["Header", "Outgoing", "RequestTemplate", "endpoint_path", "lowered", "model_span"]
 
-_OPENAI = b"/openai/"
+_OPENAI = b"/openai"
 _DEPLOYMENTS = b"/openai/deployments/"
 # Recomputed for each attempt from the backend and the body, or replaced by the backend's credential.
 # Cookies are dropped: the SDK's jar keeps them under the client's nominal host, so one backend's
@@ -25,6 +27,100 @@ _DEPLOYMENTS = b"/openai/deployments/"
 _DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding", b"cookie"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _CREDENTIALS = frozenset({b"api-key", b"authorization"})
+# The SDK's own part of an Azure base URL: "/openai", "/openai/v1" or "/openai/deployments/{name}".
+# Matched lazily from the left, so an endpoint whose path holds "openai" keeps it.
+_SDK_BASE = re.compile(rb"(?P<endpoint>.*?)/openai(?:/v1|/deployments/[^/]+)?/*", re.DOTALL)
+# A JSON string (escapes kept whole), a bracket, or a quote that opens no complete string.
+# Numbers, literals, commas and colons are skipped by the search itself, in C.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]]|"', re.DOTALL)
+_JSON_SPACE = re.compile(rb"[ \t\r\n]*")
+# Up to this size a body's model is read by parsing it (quick, and the copy is small); larger ones are
+# scanned, which never holds a second copy of the body.
+_PARSE_LIMIT = 1 << 20
+
+
+def endpoint_path(base_path: bytes, azure_endpoint_path: bytes | None = None) -> bytes:
+    """The client's endpoint path (no trailing slash) from the raw path of the SDK's base URL.
+
+    ``azure_endpoint_path`` (the raw path of the client's ``azure_endpoint``) is exact when the
+    client has one. Otherwise the base URL's trailing ``/openai``, ``/openai/v1`` or
+    ``/openai/deployments/{name}`` is the SDK's; a base URL ending in none of them is the endpoint whole.
+    """
+    if azure_endpoint_path is not None and base_path.startswith(azure_endpoint_path.rstrip(b"/") + _OPENAI):
+        return azure_endpoint_path.rstrip(b"/")
+    match = _SDK_BASE.fullmatch(base_path)
+    return match["endpoint"] if match else base_path.rstrip(b"/")
+
+
+def model_span(body: bytes) -> tuple[int, int] | None:
+    """The byte span of the top-level ``"model"`` string of a JSON object, quotes included.
+
+    The last one when the key repeats (the one ``json.loads`` keeps); None when the body is not
+    a JSON object, has no top-level ``model``, or its last ``model`` is not a string. Only the
+    structure is checked (strings, brackets, keys): the scan keeps no parsed copy of the body.
+    """
+    start = _skip_space(body, 0)
+    if body[start : start + 1] != b"{":
+        return None
+    depth = 0
+    span: tuple[int, int] | None = None
+    value_at = -1  # where the value of the last top-level "model" key starts
+    end = -1
+    for token in _JSON_TOKEN.finditer(body, start):
+        first = token.group()[0]
+        if first == 0x22:  # '"'
+            at, after = token.span()
+            if after - at == 1:
+                return None  # a quote opening no complete string
+            if at == value_at:
+                span = (at, after)
+            elif depth == 1:
+                colon = _skip_space(body, after)
+                if body[colon : colon + 1] == b":" and _is_model_key(token.group()):
+                    value_at = _skip_space(body, colon + 1)
+                    span = None
+        elif first in b"{[":
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                end = token.end()
+                break
+            if depth < 0:
+                return None
+    if end < 0 or _skip_space(body, end) != len(body):
+        return None
+    return span
+
+
+def _skip_space(body: bytes, at: int) -> int:
+    """The first index from ``at`` on that is not JSON whitespace."""
+    space = _JSON_SPACE.match(body, at)
+    assert space is not None, "the pattern matches the empty string"
+    return space.end()
+
+
+def _is_model_key(raw: bytes) -> bool:
+    if raw == b'"model"':
+        return True
+    # An escaped spelling ("mod\u0065l") is the same key to a JSON parser.
+    return b"\\" in raw and _decoded(raw) == "model"
+
+
+def _decoded(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _encoded(value: str) -> bytes:
+    """``value`` as a JSON string in UTF-8, escaping only what JSON requires."""
+    try:
+        return json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form; JSON's \u escape carries it
+        return json.dumps(value).encode()
+
 
 Header = tuple[bytes, bytes, bytes]
 """One header as (name as sent, name lowercased, value): the form httpx and httpx2 keep headers in."""
@@ -44,11 +140,31 @@ class Outgoing(NamedTuple):
 
 
 class RequestTemplate:
-    """What is fixed about a caller request, parsed once; ``for_backend`` builds each attempt."""
+    """What is fixed about a caller request, parsed once; ``for_backend`` builds each attempt.
 
-    __slots__ = ("_body_json", "_dep_end", "_dep_start", "_headers", "_raw_path", "_suffix_at", "body", "deployment")
+    ``endpoints`` are the raw paths of the client endpoints the request may come from, longest
+    first: the path after the longest one followed by ``/openai`` is the SDK's and is kept. With
+    none (a transport under an http client that names no endpoint) the SDK's path is taken from the
+    first ``/openai`` segment on. ``outside`` says the path left every known endpoint's ``/openai``:
+    httpx removed ``..`` segments of a model name, so where the SDK would have sent it on another
+    backend is lost, and it is not sent at all.
+    """
 
-    def __init__(self, raw_path: bytes, headers: Sequence[Header], body: bytes) -> None:
+    __slots__ = (
+        "_dep_end",
+        "_dep_start",
+        "_headers",
+        "_model_span",
+        "_raw_path",
+        "_suffix_at",
+        "body",
+        "deployment",
+        "outside",
+    )
+
+    def __init__(
+        self, raw_path: bytes, headers: Sequence[Header], body: bytes, endpoints: Sequence[bytes] = ()
+    ) -> None:
         self._raw_path = raw_path
         kept = []
         framed = False
@@ -61,12 +177,11 @@ class RequestTemplate:
         self._headers = kept
         # A request that had no framing header (a GET) has no body to send either.
         self.body: bytes | None = body if body or framed else None
-        self._body_json: dict[str, object] | None = None
+        self._model_span: tuple[int, int] | None = None
         query_at = raw_path.find(b"?")
         path_end = len(raw_path) if query_at < 0 else query_at
-        at = raw_path.find(_OPENAI, 0, path_end)
-        if at < 0 and raw_path[:path_end] == b"/openai":
-            at = 0
+        at = _sdk_path_at(raw_path, path_end, endpoints)
+        self.outside = at < 0 and bool(endpoints)
         self._suffix_at = max(at, 0)
         self._dep_start = self._dep_end = -1
         self.deployment: str | None = None
@@ -80,13 +195,22 @@ class RequestTemplate:
                 self.deployment = unquote(raw_path[start:end].decode("latin-1"))
         elif self.body and self._is_json():
             # /openai/v1/... and the Responses API name the deployment in the body's "model".
+            self.deployment = self._body_model(self.body)
+
+    def _body_model(self, body: bytes) -> str | None:
+        if body[_skip_space(body, 0) :][:1] != b"{":
+            return None  # not an object, or not in UTF-8 (which json.loads would also take)
+        if len(body) <= _PARSE_LIMIT:
+            # The C parser is quicker than the scan on small bodies; the parsed copy is dropped at once.
             try:
-                parsed = json.loads(self.body)
+                parsed = json.loads(body)
             except ValueError:
-                parsed = None
-            if isinstance(parsed, dict) and isinstance(parsed.get("model"), str) and parsed["model"]:
-                self._body_json = parsed
-                self.deployment = parsed["model"]
+                return None
+            model = parsed.get("model") if isinstance(parsed, dict) else None
+        else:
+            self._model_span = model_span(body)
+            model = None if self._model_span is None else _decoded(body[self._model_span[0] : self._model_span[1]])
+        return model if isinstance(model, str) and model else None
 
     def _is_json(self) -> bool:
         for _, name, value in self._headers:
@@ -102,8 +226,14 @@ class RequestTemplate:
         if renamed and self._dep_start >= 0:
             assert deployment is not None
             raw_path = raw_path[: self._dep_start] + quote(deployment, safe="").encode() + raw_path[self._dep_end :]
-        elif renamed and self._body_json is not None:
-            body = json.dumps({**self._body_json, "model": deployment}, separators=(",", ":")).encode()
+        elif renamed and self._dep_start < 0 and body is not None and self.deployment is not None:
+            assert deployment is not None
+            if self._model_span is None:
+                self._model_span = model_span(body)
+            assert self._model_span is not None, "a body whose model parses has that model's span"
+            start, end = self._model_span
+            view = memoryview(body)  # slices of a view copy nothing: the new body is the only copy
+            body = b"".join((view[:start], _encoded(deployment), view[end:]))
         path = raw_path[self._suffix_at :].decode("ascii", "replace")
         url = f"{backend.scheme}://{backend.netloc}{backend.prefix}{path}"
         host = (b"Host", b"host", backend.netloc.encode())
@@ -115,3 +245,19 @@ class RequestTemplate:
         if body is not None:
             headers.append((b"Content-Length", b"content-length", str(len(body)).encode()))
         return Outgoing(url, headers, body)
+
+
+def _sdk_path_at(raw_path: bytes, path_end: int, endpoints: Sequence[bytes]) -> int:
+    """Where the SDK's own path (``/openai...``) starts in ``raw_path``; -1 when it is not there."""
+    for endpoint in endpoints:
+        at = len(endpoint)
+        if raw_path.startswith(endpoint) and raw_path.startswith(_OPENAI, at):
+            after = at + len(_OPENAI)
+            if after == path_end or raw_path[after : after + 1] == b"/":
+                return at
+    if endpoints:
+        return -1
+    at = raw_path.find(_OPENAI + b"/", 0, path_end)
+    if at < 0 and raw_path[:path_end] == _OPENAI:
+        return 0
+    return at

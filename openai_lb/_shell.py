@@ -16,12 +16,12 @@ from typing import Any, ClassVar
 import anyio
 
 from ._config import Backend, Policy, header_safe
-from ._core import Answer, Attempt, Balancer, Call, Clock
+from ._core import OUTSIDE_THE_BASE, Answer, Attempt, Balancer, Call, Clock
 from ._errors import ConfigurationError
 from ._events import EventHook
 from ._framing import is_close_delimited, is_event_stream, is_json, json_complete
 from ._health import HealthStore
-from ._rewrite import RequestTemplate
+from ._rewrite import RequestTemplate, endpoint_path
 from ._stacks import HttpStack
 
 __all__ = ["BACKEND_HEADER", "BalancingShell", "client_wait_limit"]
@@ -116,6 +116,7 @@ class BalancingShell:
         # Set by close(): the connections an attempt still waits on are going away on purpose.
         self._closing = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._endpoints: tuple[bytes, ...] = ()
 
     @property
     def backends(self) -> tuple[Backend, ...]:
@@ -123,6 +124,20 @@ class BalancingShell:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}([{', '.join(b.name for b in self.backends)}])"
+
+    def add_client_endpoint(self, base_url: Any, azure_endpoint: Any = None) -> None:
+        """Tell the transport the SDK base URL (and ``azure_endpoint``) of a client it serves.
+
+        The clients of openai_lb (and clients under ``patch()``) do this themselves. Its path is what
+        each backend's URL replaces in that client's requests; without any, the SDK's path is taken
+        from the first ``/openai`` segment on, which misroutes an endpoint whose path holds ``/openai/``.
+        """
+        http = self._stack.module
+        azure_path = None if azure_endpoint is None else http.URL(str(azure_endpoint)).raw_path
+        path = endpoint_path(http.URL(str(base_url)).raw_path.split(b"?", 1)[0], azure_path)
+        with self._lock:
+            if path not in self._endpoints:
+                self._endpoints = tuple(sorted((*self._endpoints, path), key=len, reverse=True))
 
     # -- inner transports, made on first use so a sync client never opens an async pool
 
@@ -146,7 +161,7 @@ class BalancingShell:
     # -- the pieces both loops share
 
     def _template(self, request: Any, body: bytes) -> RequestTemplate:
-        return RequestTemplate(request.url.raw_path, self._stack.read_headers(request.headers), body)
+        return RequestTemplate(request.url.raw_path, self._stack.read_headers(request.headers), body, self._endpoints)
 
     def _build(self, request: Any, template: RequestTemplate, attempt: Attempt, credential: Any) -> Any:
         outgoing = template.for_backend(attempt.backend, attempt.deployment, credential)
@@ -240,6 +255,8 @@ class BalancingShell:
 
     def handle_request(self, request: Any) -> Any:
         template = self._template(request, request.read())
+        if template.outside:
+            return self._answer(request, OUTSIDE_THE_BASE)
         call = self.balancer.begin(template.deployment)
         inner = self._sync_transport()
         while True:
@@ -277,6 +294,8 @@ class BalancingShell:
 
     async def handle_async_request(self, request: Any) -> Any:
         template = self._template(request, await request.aread())
+        if template.outside:
+            return self._answer(request, OUTSIDE_THE_BASE)
         call = self.balancer.begin(template.deployment)
         inner = self._async_transport()
         while True:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from openai_lb import Backend
-from openai_lb._rewrite import Header, RequestTemplate, lowered
+from openai_lb._rewrite import Header, RequestTemplate, endpoint_path, lowered, model_span
 
 CHAT = b"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 SDK_HEADERS = lowered(
@@ -21,6 +23,7 @@ SDK_HEADERS = lowered(
         (b"X-Stainless-Retry-Count", b"0"),
     ]
 )
+JSON_HEADERS = lowered([(b"content-type", b"application/json")])
 
 
 def names(headers: list[Header]) -> dict[bytes, bytes]:
@@ -132,3 +135,150 @@ def test_only_the_path_is_searched_for_openai_not_the_query() -> None:
     assert template.deployment is None
     out = template.for_backend(Backend("https://b.example.com/pre"), None, None)
     assert out.url == "https://b.example.com/pre/custom/route?next=/openai/deployments/x/y"
+
+
+# -- the client's endpoint, found from its base URL
+
+
+def test_the_endpoint_is_the_azure_endpoint_even_when_its_path_holds_openai() -> None:
+    assert endpoint_path(b"/openai/eu/openai/", b"/openai/eu/") == b"/openai/eu"
+    assert endpoint_path(b"/openai/eu/openai/deployments/openai/", b"/openai/eu") == b"/openai/eu"
+
+
+def test_the_endpoint_of_a_base_url_is_what_precedes_the_sdks_own_suffix() -> None:
+    assert endpoint_path(b"/openai/") == b""
+    assert endpoint_path(b"/openai/eu/openai/") == b"/openai/eu"
+    assert endpoint_path(b"/openai/eu/openai/v1/") == b"/openai/eu"
+    assert endpoint_path(b"/p/openai/deployments/openai/") == b"/p", "a deployment named openai is the SDK's"
+    assert endpoint_path(b"/custom/route/") == b"/custom/route", "no SDK suffix: the base URL is the endpoint"
+
+
+def test_a_known_endpoint_whose_path_holds_openai_is_replaced_whole() -> None:
+    template = RequestTemplate(b"/openai/eu" + CHAT, SDK_HEADERS, b"{}", (b"/openai/eu",))
+    out = template.for_backend(Backend("https://gw.example.org/openai/x"), "gpt-4o", None)
+    assert out.url == "https://gw.example.org/openai/x" + CHAT.decode()
+    assert template.deployment == "gpt-4o"
+
+
+def test_the_longest_known_endpoint_that_holds_the_sdk_path_wins() -> None:
+    endpoints = (b"/openai/eu", b"")
+    out = RequestTemplate(CHAT, SDK_HEADERS, b"{}", endpoints).for_backend(
+        Backend("https://b.example.com/p"), None, None
+    )
+    assert out.url == "https://b.example.com/p" + CHAT.decode()
+    out = RequestTemplate(b"/openai/eu" + CHAT, SDK_HEADERS, b"{}", endpoints).for_backend(
+        Backend("https://b.example.com/p"), None, None
+    )
+    assert out.url == "https://b.example.com/p" + CHAT.decode()
+
+
+def test_a_path_outside_every_known_endpoints_openai_base_is_marked_outside() -> None:
+    assert RequestTemplate(b"/openai/eu/x/chat/completions", SDK_HEADERS, b"{}", (b"/openai/eu",)).outside
+    assert RequestTemplate(b"/openai/euro/openai/models", SDK_HEADERS, b"", (b"/openai/eu",)).outside
+    assert not RequestTemplate(b"/openai/eu/openai?x=1", SDK_HEADERS, b"", (b"/openai/eu",)).outside
+    assert not RequestTemplate(b"/x/chat/completions", SDK_HEADERS, b"{}").outside, "no endpoint known: no judgement"
+
+
+# -- renaming the body's model by splicing bytes
+
+JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["model", "input", "mod\u00e9l", "x"]) | st.text(max_size=6), inner, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
+WHITESPACE = st.sampled_from(["", " ", "\n", "\t", " \r\n "])
+
+
+@st.composite
+def json_bodies(draw: st.DrawFn) -> tuple[bytes, dict[str, object]]:
+    """A JSON object as bytes in varied spelling (whitespace, escapes, duplicate keys) and what it parses to."""
+    items = draw(st.lists(st.tuples(st.sampled_from(["model", "input", "x"]) | st.text(max_size=6), JSON_VALUES)))
+    items += [("model", draw(JSON_VALUES | st.text(min_size=1)))] * draw(st.integers(0, 1))
+    ascii_only = draw(st.booleans())
+    parts = []
+    for key, value in items:
+        space = draw(WHITESPACE)
+        encoded_key = json.dumps(key, ensure_ascii=ascii_only)
+        if key == "model" and draw(st.booleans()):
+            encoded_key = '"mod\\u0065l"'
+        parts.append(f"{space}{encoded_key}{draw(WHITESPACE)}:{space}{json.dumps(value, ensure_ascii=ascii_only)}")
+    text = f"{draw(WHITESPACE)}{{{','.join(parts)}{draw(WHITESPACE)}}}{draw(WHITESPACE)}"
+    return text.encode(), json.loads(text)
+
+
+@given(body_and_parsed=json_bodies(), new_name=st.text(min_size=1))
+def test_renaming_the_model_changes_only_the_bytes_of_the_top_level_model_value(
+    body_and_parsed: tuple[bytes, dict[str, object]], new_name: str
+) -> None:
+    body, parsed = body_and_parsed
+    template = RequestTemplate(b"/openai/v1/responses", JSON_HEADERS, body)
+    model = parsed.get("model")
+    if not isinstance(model, str):
+        assert model_span(body) is None, f"the scan found a model string in {body!r}"
+    if not (isinstance(model, str) and model):
+        assert template.deployment is None, f"no string model in {body!r}, yet deployment {template.deployment!r}"
+        return
+    assert template.deployment == model
+    renamed = template.for_backend(Backend("https://b.example.com"), new_name, None).body
+    assert renamed is not None
+    assert json.loads(renamed) == {**parsed, "model": new_name}
+    span = model_span(body)
+    assert span is not None
+    start, end = span
+    tail = len(body) - end
+    assert renamed[:start] == body[:start], "bytes before the model value changed"
+    assert renamed[len(renamed) - tail :] == body[end:], "bytes after the model value changed"
+    if "\\" not in new_name and '"' not in new_name and new_name.isprintable():
+        assert renamed[start : len(renamed) - tail] == f'"{new_name}"'.encode(), "non-ASCII is kept as UTF-8"
+
+
+@pytest.mark.parametrize("pad", [0, 2 << 20], ids=["parsed", "scanned"])
+def test_the_last_top_level_model_is_renamed_in_small_and_large_bodies(pad: int) -> None:
+    body = (
+        '{"model": "first", "tools": [{"model": "nested"}], "input": "%s \\" \u00e9 ü",'
+        ' "model" : "gpt-4o", "n": [1, {"x": "]}"}]}' % ("é" * pad)
+    ).encode()
+    template = RequestTemplate(b"/openai/v1/responses", JSON_HEADERS, body)
+    assert template.deployment == "gpt-4o"
+    renamed = template.for_backend(Backend("https://b.example.com"), 'glöbal "x"', None).body
+    assert renamed == body.replace(b'"gpt-4o"', '"glöbal \\"x\\""'.encode())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b'{"model": 1}',
+        b'{"model": "a"',
+        b'{"model": "a"} x',
+        b'{"a": "b}',
+        b'{"model": "a", "model": null}',
+        b"{",
+    ],
+)
+def test_bodies_that_name_no_string_model_at_the_top_level_name_no_deployment(body: bytes) -> None:
+    assert RequestTemplate(b"/openai/v1/responses", JSON_HEADERS, body).deployment is None
+
+
+def test_renaming_a_20_mb_body_makes_one_new_copy_of_it() -> None:
+    prompt = "Grüße, 世界! " * 1_700_000
+    body = json.dumps({"model": "gpt-4o", "input": prompt}, ensure_ascii=False).encode()
+    assert len(body) > 20_000_000
+    tracemalloc.start()
+    try:
+        template = RequestTemplate(b"/openai/v1/responses", JSON_HEADERS, body)
+        out = template.for_backend(Backend("https://b.example.com"), "gpt-4o-global", None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.body is not None
+    assert len(out.body) == len(body) + len("-global")
+    # The caller's body is already held; the attempt's body is the one new copy (the JSON-parsing
+    # rename it replaces needed a parsed copy, a decoded copy and an ASCII-escaped one, over 3x).
+    assert peak < 1.5 * len(body), f"renaming a {len(body)} byte body allocated up to {peak} bytes"
