@@ -228,6 +228,9 @@ def test_renaming_the_model_changes_only_the_bytes_of_the_top_level_model_value(
     renamed = template.for_backend(Backend("https://b.example.com"), new_name, None).body
     assert renamed is not None
     assert json.loads(renamed) == {**parsed, "model": new_name}
+    if new_name == model:
+        assert renamed == body, "a backend using the caller's name gets the body untouched"
+        return
     span = model_span(body)
     assert span is not None
     start, end = span
