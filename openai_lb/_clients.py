@@ -121,19 +121,40 @@ def _balanced_kwargs(owner: type[Any], kwargs: dict[str, Any], given: Balancing,
     return kwargs
 
 
-def _serve_endpoint(client: openai.AzureOpenAI | openai.AsyncAzureOpenAI) -> None:
-    """Tell a balancing transport under ``client`` (its own, or one in a given http client) its endpoint."""
-    transport = getattr(client._client, "_transport", None)
-    if isinstance(transport, BalancingShell):
-        transport.add_client_endpoint(client.base_url, getattr(client, "_azure_endpoint", None))
+class _Balanced:
+    """What the sync and async clients share: the balancing arguments, and the balancer behind them."""
+
+    _openai_lb_defaults: ClassVar[Balancing | None] = None
+    _openai_lb_async: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        backends: Sequence[Backend] | None = None,
+        policy: Policy | None = None,
+        health_store: HealthStore | None = None,
+        on_event: EventHook | Iterable[EventHook] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        given = Balancing(backends, policy, health_store, hooks_from(on_event))
+        super().__init__(**_balanced_kwargs(type(self), kwargs, given, is_async=self._openai_lb_async))
+        transport = self._openai_lb_transport()
+        if transport is not None:
+            # Also for a given http client built around our transport: it learns this client's endpoint.
+            transport.add_client_endpoint(getattr(self, "base_url"), getattr(self, "_azure_endpoint", None))  # noqa: B009
+
+    def _openai_lb_transport(self) -> BalancingShell | None:
+        transport = getattr(getattr(self, "_client", None), "_transport", None)
+        return transport if isinstance(transport, BalancingShell) else None
+
+    @property
+    def balancer(self) -> Balancer | None:
+        """The balancer behind this client (``.status()`` snapshots it); None with an http client of your own."""
+        transport = self._openai_lb_transport()
+        return None if transport is None else transport.balancer
 
 
-def _balancer_of(client: openai.AzureOpenAI | openai.AsyncAzureOpenAI) -> Balancer | None:
-    transport = getattr(client._client, "_transport", None)
-    return transport.balancer if isinstance(transport, BalancingShell) else None
-
-
-class AzureOpenAI(openai.AzureOpenAI):
+class AzureOpenAI(_Balanced, openai.AzureOpenAI):
     """``openai.AzureOpenAI`` balancing its requests over ``backends``.
 
     ```python
@@ -149,46 +170,8 @@ class AzureOpenAI(openai.AzureOpenAI):
     ```
     """
 
-    _openai_lb_defaults: ClassVar[Balancing | None] = None
 
-    def __init__(
-        self,
-        *,
-        backends: Sequence[Backend] | None = None,
-        policy: Policy | None = None,
-        health_store: HealthStore | None = None,
-        on_event: EventHook | Iterable[EventHook] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        given = Balancing(backends, policy, health_store, hooks_from(on_event))
-        super().__init__(**_balanced_kwargs(type(self), kwargs, given, is_async=False))
-        _serve_endpoint(self)
-
-    @property
-    def balancer(self) -> Balancer | None:
-        """The balancer behind this client (``.status()`` snapshots it); None with an http client of your own."""
-        return _balancer_of(self)
-
-
-class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
+class AsyncAzureOpenAI(_Balanced, openai.AsyncAzureOpenAI):
     """``openai.AsyncAzureOpenAI`` balancing its requests over ``backends``; token providers may be async."""
 
-    _openai_lb_defaults: ClassVar[Balancing | None] = None
-
-    def __init__(
-        self,
-        *,
-        backends: Sequence[Backend] | None = None,
-        policy: Policy | None = None,
-        health_store: HealthStore | None = None,
-        on_event: EventHook | Iterable[EventHook] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        given = Balancing(backends, policy, health_store, hooks_from(on_event))
-        super().__init__(**_balanced_kwargs(type(self), kwargs, given, is_async=True))
-        _serve_endpoint(self)
-
-    @property
-    def balancer(self) -> Balancer | None:
-        """The balancer behind this client (``.status()`` snapshots it); None with an http client of your own."""
-        return _balancer_of(self)
+    _openai_lb_async: ClassVar[bool] = True

@@ -3,7 +3,7 @@
 No I/O and no HTTP library here. A transport shell asks a ``Call`` for the next step,
 sends the attempt, and reports what came back; the ``Call`` answers whether to hand the
 response to the caller or to fail over. When nothing is left to try, the next step is a
-synthetic ``Answer`` (a 429 telling the SDK exactly how long to wait, or a 404).
+``SyntheticResponse`` (a 429 telling the SDK exactly how long to wait, or a 404).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ._health import HealthStore, Reason, default_store
 from ._logging import DETAIL, NOTICE, log, log_event
 from ._status import BackendState, BackendStatus, DeploymentCooldown, StatsBook
 
-__all__ = ["OUTSIDE_THE_BASE", "Answer", "Attempt", "Balancer", "Call"]
+__all__ = ["OUTSIDE_THE_BASE", "Attempt", "Balancer", "Call", "SyntheticResponse"]
 
 Clock = Callable[[], float]
 
@@ -55,7 +55,7 @@ class Attempt(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class SyntheticResponse:
     """Answer the caller with this response instead of sending anything."""
 
     status: int
@@ -190,7 +190,7 @@ class Call:
         """Backends whose token provider failed in this call: key -> the exception's type name."""
         self.attempts = 0
 
-    def next(self) -> Attempt | Answer:
+    def next(self) -> Attempt | SyntheticResponse:
         """The next backend to try, or the answer to give when none is usable now."""
         balancer = self._balancer
         now = balancer.clock()
@@ -347,7 +347,7 @@ class Call:
             backend = attempt.backend
             emit(hooks, BackendCooled(backend.name, backend.key, attempt.deployment, reason, seconds, source, 0))
 
-    def _answer(self, now: float) -> Answer:
+    def _answer(self, now: float) -> SyntheticResponse:
         balancer = self._balancer
         skipped = self._skipped or {}
         soonest: float = math.inf
@@ -382,9 +382,9 @@ class Call:
         hooks = balancer.listeners(NOTICE)
         if hooks:
             emit(hooks, AllBackendsCooling(self.deployment, wait, soonest_name, self.attempts))
-        return Answer(429, tuple(headers), _error_body("429", message))
+        return SyntheticResponse(429, tuple(headers), _error_body("429", message))
 
-    def _not_found(self) -> Answer:
+    def _not_found(self) -> SyntheticResponse:
         names = ", ".join(b.name for b in self._balancer.backends)
         message = (
             f"The API deployment {self.deployment!r} does not exist on any backend (openai_lb checked: {names}). "
@@ -392,7 +392,7 @@ class Call:
         )
         return self._refuse(404, "deployment_missing", "DeploymentNotFound", message)
 
-    def _no_token(self) -> Answer:
+    def _no_token(self) -> SyntheticResponse:
         by_name = {b.key: b.name for b in self._balancer.backends}
         failed = ", ".join(f"{by_name[key]!r} ({name})" for key, name in (self._skipped or {}).items())
         message = (
@@ -404,18 +404,18 @@ class Call:
 
     def _refuse(
         self, status: int, reason: Literal["deployment_missing", "credentials"], code: str, message: str
-    ) -> Answer:
+    ) -> SyntheticResponse:
         hooks = self._balancer.listeners(NOTICE)
         if hooks:
             emit(hooks, NoBackendCanServe(self.deployment, status, reason, self.attempts))
-        return Answer(status, (("content-type", "application/json"),), _error_body(code, message))
+        return SyntheticResponse(status, (("content-type", "application/json"),), _error_body(code, message))
 
 
 def _error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
-OUTSIDE_THE_BASE = Answer(
+OUTSIDE_THE_BASE = SyntheticResponse(
     400,
     (("content-type", "application/json"),),
     _error_body(

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import anyio
 
 from ._config import Backend, Policy, header_safe
-from ._core import OUTSIDE_THE_BASE, Answer, Attempt, Balancer, Call, Clock
+from ._core import OUTSIDE_THE_BASE, Attempt, Balancer, Call, Clock, SyntheticResponse
 from ._errors import ConfigurationError
 from ._events import EventHook
 from ._framing import is_close_delimited, is_event_stream, is_json, json_complete
@@ -184,7 +184,7 @@ class BalancingShell:
         attempt_request.read()  # inner transports (mocks especially) may read `.content`
         return attempt_request
 
-    def _answer(self, request: Any, answer: Answer) -> Any:
+    def _answer(self, request: Any, answer: SyntheticResponse) -> Any:
         return self._stack.module.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
 
     def _deliver(self, response: Any, call: Call, attempt: Attempt) -> Any:
@@ -261,7 +261,7 @@ class BalancingShell:
         inner = self._sync_transport()
         while True:
             step = call.next()
-            if isinstance(step, Answer):
+            if isinstance(step, SyntheticResponse):
                 return self._answer(request, step)
             try:
                 token = _token_of(step.backend)
@@ -300,7 +300,7 @@ class BalancingShell:
         inner = self._async_transport()
         while True:
             step = call.next()
-            if isinstance(step, Answer):
+            if isinstance(step, SyntheticResponse):
                 return self._answer(request, step)
             try:
                 token = _token_of(step.backend)

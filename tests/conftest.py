@@ -14,6 +14,7 @@ from helpers import FakeClock
 import openai_lb
 from openai_lb._clients import transport_class
 from openai_lb._stacks import HttpStack, load_stack, sdk_stack
+from openai_lb.testing import reset_state
 
 
 @pytest.fixture
@@ -34,10 +35,10 @@ def rng() -> random.Random:
 @pytest.fixture(autouse=True)
 def _isolated_state() -> Iterator[None]:
     """Every test starts with no process-wide cooldowns and no patch in place."""
-    openai_lb.reset_state()
+    reset_state()
     yield
     openai_lb.unpatch()
-    openai_lb.reset_state()
+    reset_state()
 
 
 def stack_under_test() -> HttpStack:

@@ -42,7 +42,7 @@ def deployments_to_check(backend: Backend, requested: Iterable[str] = ()) -> lis
 
 
 @dataclass(frozen=True, slots=True)
-class _Answer:
+class _ProbeReply:
     status: int
     code: str | None
     """Azure's ``error.code``, if the body has one (made safe to print)."""
@@ -192,7 +192,7 @@ class Prober:
 
     def _send(
         self, method: str, url: str, headers: dict[str, bytes], secret: str | None, *, body: bytes | None = None
-    ) -> _Answer:
+    ) -> _ProbeReply:
         """One probe's answer; raises `_Failed` when there is none."""
         params = {"api-version": self._api_version}
         started = time.perf_counter()
@@ -201,7 +201,7 @@ class Prober:
                 # Timed to the status line: a models list can be large, and its download says little.
                 latency = (time.perf_counter() - started) * 1000
                 if response.status_code < 400:
-                    return _Answer(response.status_code, None, None, latency)
+                    return _ProbeReply(response.status_code, None, None, latency)
                 response.read()
         except self._local as error:
             # This machine's fault (a header refused, a full pool); its text may quote a header: never shown.
@@ -218,13 +218,13 @@ class Prober:
                 message = scrubbed(said.get("message"), self._secrets(secret))
         except (ValueError, AttributeError):
             pass
-        return _Answer(response.status_code, code, message, latency)
+        return _ProbeReply(response.status_code, code, message, latency)
 
     def _secrets(self, secret: str | None) -> tuple[str, ...]:
         return (secret, *self._hidden) if secret else self._hidden
 
 
-def _verdict(answer: _Answer, found: tuple[DeploymentCheck, ...]) -> tuple[bool | None, str | None, str | None]:
+def _verdict(answer: _ProbeReply, found: tuple[DeploymentCheck, ...]) -> tuple[bool | None, str | None, str | None]:
     """(credential accepted, problem, note) from a models answer other than 401/403, and the deployments'."""
     status = answer.status
     if 200 <= status < 300:
@@ -256,6 +256,6 @@ async def _awaited(value: Awaitable[Any]) -> Any:
     return await value
 
 
-def _answer_text(answer: _Answer) -> str:
+def _answer_text(answer: _ProbeReply) -> str:
     said = ": ".join(part for part in (answer.code, answer.message) if part)
     return f"HTTP {answer.status}" + (f", {said}" if said else "")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from openai_lb import Backend, InMemoryHealthStore, Policy
 from openai_lb._config import MAX_WEIGHT
-from openai_lb._core import Answer, Attempt, Balancer, Call
+from openai_lb._core import Attempt, Balancer, Call, SyntheticResponse
 
 PTU = Backend("https://ptu.example.com", priority=1, name="ptu")
 PAYGO_A = Backend("https://paygo-a.example.com", priority=2, name="paygo-a")
@@ -48,13 +48,13 @@ def attempt(call: Call) -> Attempt:
     return step
 
 
-def answer(call: Call) -> Answer:
+def answer(call: Call) -> SyntheticResponse:
     step = call.next()
-    assert isinstance(step, Answer), f"expected a synthetic answer, got {step}"
+    assert isinstance(step, SyntheticResponse), f"expected a synthetic answer, got {step}"
     return step
 
 
-def headers_of(step: Answer) -> dict[str, str]:
+def headers_of(step: SyntheticResponse) -> dict[str, str]:
     return dict(step.headers)
 
 
@@ -353,7 +353,7 @@ def test_a_call_never_loops_and_ends_in_a_delivery_or_an_answer(
         tried = []
         while True:
             step = call.next()
-            if isinstance(step, Answer):
+            if isinstance(step, SyntheticResponse):
                 assert step.status in (404, 429)
                 if step.status == 429:
                     assert int(dict(step.headers)["retry-after-ms"]) >= 1

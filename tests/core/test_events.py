@@ -24,7 +24,7 @@ from openai_lb import (
     NoBackendCanServe,
     Policy,
 )
-from openai_lb._core import Answer, Attempt, Balancer, Call
+from openai_lb._core import Attempt, Balancer, Call, SyntheticResponse
 
 PTU = Backend("https://ptu.example.com", priority=1, name="ptu", api_key="SECRET-PTU-KEY")
 PAYGO = Backend("https://paygo.example.com", priority=2, name="paygo", deployments={"gpt-4o": "gpt-4o-paygo"})
@@ -206,7 +206,7 @@ def test_every_backend_cooling_is_announced_with_the_soonest(clock: FakeClock) -
     assert isinstance(second, Attempt)
     call.report(second, 429, {"retry-after": "8"}, None)
     answer = call.next()
-    assert isinstance(answer, Answer)
+    assert isinstance(answer, SyntheticResponse)
     assert events.events[-1] == AllBackendsCooling("gpt-4o", 8.0, "paygo", 2)
 
 
@@ -357,7 +357,7 @@ def test_no_token_for_any_backend_answers_401_naming_the_exception_types_not_a_4
     assert isinstance(second, Attempt)
     call.skip(second, TimeoutError("secret-detail"))
     answer = call.next()
-    assert isinstance(answer, Answer)
+    assert isinstance(answer, SyntheticResponse)
     assert answer.status == 401, f"a credential outage must not look like throttling: {answer}"
     error = json.loads(answer.body)["error"]
     assert error["code"] == "TokenProviderFailed"
@@ -375,7 +375,7 @@ def test_a_skipped_backend_beside_a_cooling_one_answers_the_cooling_ones_wait(cl
     assert isinstance(second, Attempt)
     call.report(second, 429, {"retry-after": "9"}, None)
     answer = call.next()
-    assert isinstance(answer, Answer)
+    assert isinstance(answer, SyntheticResponse)
     assert answer.status == 429, "waiting for the cooling backend may help"
     assert dict(answer.headers)["retry-after"] == "9"
 
@@ -389,7 +389,7 @@ def test_no_backend_having_the_deployment_is_announced(clock: FakeClock) -> None
     assert isinstance(second, Attempt)
     call.report(second, 404, {}, NOT_FOUND)
     answer = call.next()
-    assert isinstance(answer, Answer)
+    assert isinstance(answer, SyntheticResponse)
     assert answer.status == 404
     assert events.events[-1] == NoBackendCanServe("gpt-4o", 404, "deployment_missing", 2)
 
