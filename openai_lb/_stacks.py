@@ -12,6 +12,7 @@ client = stack.module.Client()
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import ssl
@@ -121,25 +122,26 @@ def _checked_stream(module: Any, failover: tuple[type[BaseException], ...]) -> t
                 self._on_cut(cut)
                 raise cut
 
-        def __iter__(self) -> Iterator[bytes]:
+        @contextlib.contextmanager
+        def _watched(self) -> Iterator[None]:
             try:
-                for chunk in self._inner:
-                    self._end.feed(chunk)
-                    yield chunk
+                yield
             except failover as error:
                 self._on_cut(error)
                 raise
             self._ended()
 
+        def __iter__(self) -> Iterator[bytes]:
+            with self._watched():
+                for chunk in self._inner:
+                    self._end.feed(chunk)
+                    yield chunk
+
         async def __aiter__(self) -> AsyncIterator[bytes]:
-            try:
+            with self._watched():
                 async for chunk in self._inner:
                     self._end.feed(chunk)
                     yield chunk
-            except failover as error:
-                self._on_cut(error)
-                raise
-            self._ended()
 
         def close(self) -> None:
             self._inner.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 
 import pytest
 from helpers import FakeClock
@@ -348,16 +349,27 @@ def test_every_started_attempt_finishes_exactly_once_before_the_next_starts(scri
     assert all(status.in_flight == 0 for status in balancer.status())
 
 
+def both_end(
+    balancer: Balancer, first: Callable[[Call, Attempt], None], second: Callable[[Call, Attempt], None]
+) -> SyntheticResponse:
+    """Both backends tried, each ended by its callable: the answer the caller gets."""
+    call, attempt = begin(balancer)
+    first(call, attempt)
+    other = call.next()
+    assert isinstance(other, Attempt), f"expected a second attempt, got {other}"
+    second(call, other)
+    answer = call.next()
+    assert isinstance(answer, SyntheticResponse), f"expected the caller's answer, got {answer}"
+    return answer
+
+
 def test_no_token_for_any_backend_answers_401_naming_the_exception_types_not_a_429(clock: FakeClock) -> None:
     events = Recorder()
-    balancer = make(clock, events)
-    call, attempt = begin(balancer)
-    call.skip(attempt, PermissionError("secret-detail"))
-    second = call.next()
-    assert isinstance(second, Attempt)
-    call.skip(second, TimeoutError("secret-detail"))
-    answer = call.next()
-    assert isinstance(answer, SyntheticResponse)
+    answer = both_end(
+        make(clock, events),
+        lambda call, attempt: call.skip(attempt, PermissionError("secret-detail")),
+        lambda call, attempt: call.skip(attempt, TimeoutError("secret-detail")),
+    )
     assert answer.status == 401, f"a credential outage must not look like throttling: {answer}"
     error = json.loads(answer.body)["error"]
     assert error["code"] == "TokenProviderFailed"
@@ -368,28 +380,19 @@ def test_no_token_for_any_backend_answers_401_naming_the_exception_types_not_a_4
 
 
 def test_a_skipped_backend_beside_a_cooling_one_answers_the_cooling_ones_wait(clock: FakeClock) -> None:
-    balancer = make(clock)
-    call, attempt = begin(balancer)
-    call.skip(attempt, RuntimeError())
-    second = call.next()
-    assert isinstance(second, Attempt)
-    call.report(second, 429, {"retry-after": "9"}, None)
-    answer = call.next()
-    assert isinstance(answer, SyntheticResponse)
+    answer = both_end(
+        make(clock),
+        lambda call, attempt: call.skip(attempt, RuntimeError()),
+        lambda call, attempt: call.report(attempt, 429, {"retry-after": "9"}, None),
+    )
     assert answer.status == 429, "waiting for the cooling backend may help"
     assert dict(answer.headers)["retry-after"] == "9"
 
 
 def test_no_backend_having_the_deployment_is_announced(clock: FakeClock) -> None:
     events = Recorder()
-    balancer = make(clock, events)
-    call, attempt = begin(balancer)
-    call.report(attempt, 404, {}, NOT_FOUND)
-    second = call.next()
-    assert isinstance(second, Attempt)
-    call.report(second, 404, {}, NOT_FOUND)
-    answer = call.next()
-    assert isinstance(answer, SyntheticResponse)
+    missing = lambda call, attempt: call.report(attempt, 404, {}, NOT_FOUND)  # noqa: E731
+    answer = both_end(make(clock, events), missing, missing)
     assert answer.status == 404
     assert events.events[-1] == NoBackendCanServe("gpt-4o", 404, "deployment_missing", 2)
 
