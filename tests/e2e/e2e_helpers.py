@@ -23,3 +23,9 @@ def assert_stream_cut(error: BaseException) -> None:
             return
         seen = seen.__cause__ or seen.__context__
     raise AssertionError(f"expected an incomplete-body error, got {error!r}")
+
+
+def statuses(client: Any) -> dict[str, Any]:
+    """``status()`` of the balancer under ``client`` by backend name (also for an SDK client over our transport)."""
+    balancer = client._client._transport.balancer
+    return {status.name: status for status in balancer.status()}

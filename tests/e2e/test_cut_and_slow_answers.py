@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
-from e2e_helpers import chat, content
+from e2e_helpers import chat, content, statuses
 
 from openai_lb import Backend, Policy
 from openai_lb.testing import CutStream
@@ -61,7 +61,7 @@ def test_headers_timeout_fails_over_from_a_backend_trickling_its_headers(trickli
     started = time.monotonic()
     assert content(chat(client)) == "paygo:gpt-4o"
     assert time.monotonic() - started < 5, "the per-read timeout alone would have waited far longer"
-    slow = next(s for s in client.balancer.status() if s.name == "slow")
+    slow = statuses(client)["slow"]
     assert (slow.state, slow.failures, slow.in_flight) == ("circuit_open", 1, 0), slow
     assert slow.last_failure == "ReadTimeout"
 
@@ -90,7 +90,7 @@ def test_a_json_answer_cut_by_a_closed_connection_fails_over(servers, balanced, 
     client = balanced([Backend(ptu.url, priority=1, name="ptu"), Backend(paygo.url, priority=2, name="paygo")])
     answer = client.embeddings.with_raw_response.create(model="gpt-4o", input="hi")
     assert answer.headers["x-openai-lb-backend"] == "paygo", "a truncated JSON body must not reach the caller"
-    ptu_status = next(s for s in client.balancer.status() if s.name == "ptu")
+    ptu_status = statuses(client)["ptu"]
     assert ptu_status.failures == 1
     assert ptu_status.last_failure == "RemoteProtocolError"
 
@@ -106,7 +106,7 @@ def test_an_event_stream_cut_by_a_closed_connection_raises_instead_of_ending_cle
     with pytest.raises(Exception) as caught:  # noqa: PT011 - each SDK major wraps it its own way
         list(stream)
     assert "terminal event" in _chain(caught.value), f"expected the cut to be named, got {caught.value!r}"
-    (status,) = client.balancer.status()
+    status = statuses(client)["ptu"]
     assert status.failures == 1, "the cut counts against the backend"
     assert status.last_failure == "body cut: RemoteProtocolError"
 
@@ -119,7 +119,7 @@ def test_a_whole_close_delimited_event_stream_ends_clean(servers, balanced) -> N
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True)
     )
     assert chunks, "the stream should have carried events"
-    (status,) = client.balancer.status()
+    status = statuses(client)["ptu"]
     assert status.failures == 0
 
 

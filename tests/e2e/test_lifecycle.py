@@ -8,7 +8,7 @@ from typing import Any
 
 import openai
 import pytest
-from e2e_helpers import chat, content
+from e2e_helpers import chat, content, statuses
 
 import openai_lb
 from openai_lb import Backend, InMemoryHealthStore
@@ -51,10 +51,8 @@ def test_closing_a_client_under_a_request_in_flight_blames_no_backend(servers, b
     other = balanced([backend], store=store)
     assert content(chat(other)) == "ptu:gpt-4o", "another client of the backend must not see it as broken"
     assert store.snapshot(backend.key, time.monotonic()).open_until is None, "the breaker tripped"
-    (status,) = closing.balancer.status() if hasattr(closing, "balancer") and closing.balancer else (None,)
-    if status is not None:
-        assert status.failures == 0, status
-        assert status.in_flight == 0, status
+    status = statuses(closing)["ptu"]
+    assert (status.failures, status.in_flight) == (0, 0), status
 
 
 def test_patch_and_unpatch_never_break_module_client_calls_in_flight(servers, monkeypatch) -> None:
