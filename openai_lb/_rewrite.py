@@ -123,7 +123,9 @@ def _encoded(value: str) -> bytes:
 
 
 Header = tuple[bytes, bytes, bytes]
-"""One header as (name as sent, name lowercased, value): the form httpx and httpx2 keep headers in."""
+"""One header as (name as sent, name lowercased, value): sent as the caller wrote it, compared lowercased.
+
+Whether an HTTP library can take these as they are is the business of its ``HttpStack``."""
 
 
 def lowered(headers: Iterable[tuple[bytes, bytes]]) -> list[Header]:
