@@ -8,6 +8,7 @@ The sync and async loops below are the only twins: every decision is in ``_core`
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import inspect
 import threading
 from collections.abc import Iterable, Sequence
@@ -211,7 +212,8 @@ class BalancingShell:
         if limit is None:
             return inner.handle_request(request)
         # A blocking read cannot be given a deadline across reads, so the attempt waits in a worker thread.
-        future = self._workers().submit(inner.handle_request, request)
+        # The caller's context (tracing spans, for one) goes along to the worker.
+        future = self._workers().submit(contextvars.copy_context().run, inner.handle_request, request)
         try:
             return future.result(timeout=limit)
         except concurrent.futures.TimeoutError:
