@@ -176,6 +176,9 @@ def test_backends_from_env_explains_the_variable_when_unset(monkeypatch: pytest.
         {"breaker_base": 200, "breaker_max": 120},
         {"failover_statuses": frozenset({429})},
         {"failover_statuses": frozenset({200})},
+        {"headers_timeout": 0},
+        {"headers_timeout": float("nan")},
+        {"headers_timeout": "5"},
     ],
 )
 def test_invalid_policy_is_rejected(kwargs: dict) -> None:
