@@ -31,7 +31,7 @@ from ._events import (
     hooks_from,
 )
 from ._headers import cooldown_from_headers
-from ._health import HealthStore, Reason, default_store
+from ._health import HealthStore, Reason, resolve_store
 from ._logging import DETAIL, NOTICE, log, log_event
 from ._status import BackendState, BackendStatus, DeploymentCooldown, StatsBook
 
@@ -67,7 +67,8 @@ class Balancer:
     """Chooses backends and learns from their answers; shared by all calls of a transport.
 
     ``clock`` is monotonic seconds (cooldowns), ``wall_clock`` epoch seconds (only to turn
-    an HTTP-date into a delay), ``rng`` picks by weight. All three are injectable for tests.
+    an HTTP-date into a delay), ``rng`` picks by weight. ``store`` is a ``HealthStore``, the URL of
+    one shared across processes, or None for the process-wide default. All three are injectable for tests.
     ``client_wait_limit`` is the longest Retry-After the SDK in use will honour; beyond it
     the synthetic 429 says ``x-should-retry: false``. ``on_event`` hooks receive the events
     of ``openai_lb._events``; with none, no event is even built.
@@ -93,7 +94,7 @@ class Balancer:
         backends: Sequence[Backend],
         *,
         policy: Policy | None = None,
-        store: HealthStore | None = None,
+        store: HealthStore | str | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         rng: random.Random | None = None,
@@ -102,7 +103,7 @@ class Balancer:
     ) -> None:
         self.backends = validate_backends(backends)
         self.policy = policy if policy is not None else Policy()
-        self.store: HealthStore = store if store is not None else default_store()
+        self.store: HealthStore = resolve_store(store)
         self.clock = clock
         self.wall_clock = wall_clock
         self.rng = rng if rng is not None else random.Random()

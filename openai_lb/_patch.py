@@ -100,7 +100,7 @@ def patch(
     backends: Sequence[Backend] | None = None,
     *,
     policy: Policy | None = None,
-    health_store: HealthStore | None = None,
+    health_store: HealthStore | str | None = None,
     on_event: EventHook | Iterable[EventHook] | None = None,
 ) -> Patch:
     """Make ``openai.AzureOpenAI``, ``openai.AsyncAzureOpenAI`` and the module-level Azure client balance.

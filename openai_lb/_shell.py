@@ -92,7 +92,7 @@ class BalancingShell:
         transport: Any = None,
         async_transport: Any = None,
         policy: Policy | None = None,
-        health_store: HealthStore | None = None,
+        health_store: HealthStore | str | None = None,
         clock: Clock | None = None,
         wall_clock: Clock | None = None,
         rng: Any = None,
