@@ -181,6 +181,7 @@ class RedisHealthStore(InMemoryHealthStore):
         "_queue",
         "_scripts",
         "_stopping",
+        "_synced",
         "_url",
         "_wake",
         "_wall_clock",
@@ -256,7 +257,8 @@ class RedisHealthStore(InMemoryHealthStore):
         self._by = os.urandom(8).hex()  # tells this process's own messages from the fleet's
         self._wake = threading.Condition()
         self._stopping = threading.Event()
-        self._connected = threading.Event()
+        self._connected = threading.Event()  # writes go to Redis
+        self._synced = threading.Event()  # ... and this memory has learned what Redis held on connecting
         self._down_since: float | None = None
         self._overflowed = False
         self._writer = threading.Thread(target=self._write_loop, name="openai_lb-store-writer", daemon=True)
@@ -277,8 +279,8 @@ class RedisHealthStore(InMemoryHealthStore):
 
     @property
     def connected(self) -> bool:
-        """Whether the store is in touch with Redis now."""
-        return self._connected.is_set()
+        """Whether the store is in touch with Redis now and has learned what the fleet knew."""
+        return self._synced.is_set()
 
     @property
     def closed(self) -> bool:
@@ -293,7 +295,8 @@ class RedisHealthStore(InMemoryHealthStore):
     def trip(self, key: str, started: float, now: float, cooldown: Callable[[int], float]) -> Trip | None:
         tripped = InMemoryHealthStore.trip(self, key, started, now, cooldown)
         if tripped is not None:
-            self._enqueue(("trip", key, self._to_wall_ms(started), self._to_wall_ms(now), cooldown))
+            # Rounded apart, so that the trip stays after the attempt that made it.
+            self._enqueue(("trip", key, self._to_wall_ms(started), self._to_wall_ms(now) + 1, cooldown))
         return tripped
 
     def count_success(self, key: str, deployment: str, now: float) -> tuple[str | None, ...]:
@@ -332,6 +335,7 @@ class RedisHealthStore(InMemoryHealthStore):
         self._stopping.set()
         self._listener.join(max(deadline - time.monotonic(), 0.0))
         self._connected.clear()
+        self._synced.clear()
         self._client.close()
         self._client.connection_pool.disconnect()
         _open.discard(self)
@@ -444,6 +448,7 @@ class RedisHealthStore(InMemoryHealthStore):
                 self._client.ping()
                 self._connected.set()  # writes flow again; the resync below overlaps them harmlessly
                 self._resync()
+                self._synced.set()
                 self._reconnected()
                 failures = 0
                 while not self._stopping.is_set() and self._connected.is_set():
@@ -474,6 +479,7 @@ class RedisHealthStore(InMemoryHealthStore):
             if self._closed:
                 return
             self._connected.clear()
+            self._synced.clear()
             if self._down_since is not None:
                 return  # announced once per outage
             self._down_since = self._clock()
@@ -514,7 +520,8 @@ class RedisHealthStore(InMemoryHealthStore):
                 self._emit(BackendCooled(key, key, deployment, reason, until - now, None, 0, "fleet"))
             return
         failures = value["failures"]
-        tripped = min(self._from_wall_ms(value["tripped"])[1], now)  # a trip in the future is a skewed clock
+        # Within a millisecond (the resolution on the wire) of its attempt; in the future is a skewed clock.
+        tripped = min(self._from_wall_ms(value["tripped"])[1] + _GRAIN, now)
         with self._lock:
             if failures:
                 self._failures[key] = failures
