@@ -38,7 +38,8 @@ def test_a_block_holds_until_its_deadline_and_names_its_reason(store: HealthStor
     store.block(A, "gpt-4o", clock.now + 10, "rate_limited")
     found = store.blocked(A, "gpt-4o", clock.now)
     assert found == Block(clock.now + 10, "rate_limited"), found
-    assert isinstance(found, Block) and found.until == found[0] and found.reason == found[1]
+    assert isinstance(found, Block)
+    assert (found.until, found.reason) == tuple(found), "a Block is not the tuple (until, reason)"
     assert store.blocked(A, "mini", clock.now) is None, "another deployment was blocked too"
     assert store.blocked(B, "gpt-4o", clock.now) is None, "another backend was blocked too"
     clock.advance(10)
@@ -74,11 +75,13 @@ def test_each_trip_grows_the_streak_and_blocks_the_backend_for_its_cooldown(
     store: HealthStore, clock: FakeClock
 ) -> None:
     first = store.trip(A, clock.now, clock.now, doubling)
-    assert first == Trip(1, 5.0) and isinstance(first, Trip), first
+    assert isinstance(first, Trip)
+    assert first == Trip(1, 5.0), first
     assert store.blocked(A, "any", clock.now) == (clock.now + 5.0, "failure")
     clock.advance(6)
     second = store.trip(A, clock.now, clock.now, doubling)
-    assert second is not None and (second.failures, second.seconds) == (2, 10.0), second
+    assert second is not None
+    assert (second.failures, second.seconds) == (2, 10.0), second
     assert store.blocked(B, "any", clock.now) is None, "another backend was tripped too"
 
 
