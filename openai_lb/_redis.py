@@ -331,8 +331,8 @@ class RedisHealthStore(InMemoryHealthStore):
             self._closed = True
             self._wake.notify_all()
         deadline = time.monotonic() + timeout
+        self._stopping.set()  # the listener stops; the writer empties the queue first
         self._writer.join(timeout)
-        self._stopping.set()
         self._listener.join(max(deadline - time.monotonic(), 0.0))
         self._connected.clear()
         self._synced.clear()
@@ -379,7 +379,7 @@ class RedisHealthStore(InMemoryHealthStore):
                     self._publish_state()
                 for operation in batch:
                     self._write(operation)
-            except (redis.RedisError, OSError) as error:
+            except Exception as error:  # the thread must outlive anything Redis answers
                 self._lost(error)
 
     def _write(self, operation: tuple[Any, ...]) -> None:
@@ -455,7 +455,7 @@ class RedisHealthStore(InMemoryHealthStore):
                     message = pubsub.get_message(timeout=0.1)
                     if message is not None and message.get("type") == "message":
                         self._apply(message["data"])
-            except (redis.RedisError, OSError) as error:
+            except Exception as error:  # closing pulls the socket away, too
                 self._lost(error)
                 failures += 1
             finally:
