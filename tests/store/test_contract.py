@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from helpers import FakeClock
 
-from openai_lb import BackendHealth, Block, HealthStore, InMemoryHealthStore, Trip
+from openai_lb import BackendHealth, Block, HealthStore, InMemoryHealthStore, Reason, Trip
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,29 +46,34 @@ def test_a_block_holds_until_its_deadline_and_names_its_reason(store: HealthStor
     assert store.blocked(A, "gpt-4o", clock.now) is None, "the block outlived its deadline"
 
 
-def test_an_earlier_deadline_never_shortens_a_running_block(store: HealthStore, clock: FakeClock) -> None:
-    store.block(A, "gpt-4o", clock.now + 10, "rate_limited")
-    store.block(A, "gpt-4o", clock.now + 3, "rate_limited")
-    assert store.blocked(A, "gpt-4o", clock.now) == (clock.now + 10, "rate_limited")
-    store.block(A, "gpt-4o", clock.now + 20, "rate_limited")
-    assert store.blocked(A, "gpt-4o", clock.now) == (clock.now + 20, "rate_limited")
+RL, MISSING, FAILURE = "rate_limited", "deployment_missing", "failure"
 
 
-def test_a_missing_deployment_is_reported_even_while_the_whole_backend_is_blocked(
-    store: HealthStore, clock: FakeClock
+@pytest.mark.parametrize(
+    ("writes", "expected"),
+    [
+        pytest.param([("gpt-4o", 10, RL), ("gpt-4o", 3, RL)], (10, RL), id="an earlier deadline never shortens"),
+        pytest.param([("gpt-4o", 10, RL), ("gpt-4o", 3, RL), ("gpt-4o", 20, RL)], (20, RL), id="a later one extends"),
+        pytest.param([("gpt-4o", 5, RL), (None, 8, FAILURE)], (8, FAILURE), id="the breaker ends later"),
+        pytest.param([(None, 8, FAILURE), ("gpt-4o", 30, RL)], (30, RL), id="the deployment ends later"),
+        pytest.param(
+            [("gpt-4o", 5, MISSING), (None, 50, FAILURE)], (5, MISSING), id="missing shows through the breaker"
+        ),
+    ],
+)
+def test_the_block_reported_is_the_latest_running_one_but_a_missing_deployment_comes_first(
+    store: HealthStore, clock: FakeClock, writes: list[tuple[str | None, float, Reason]], expected: tuple[float, Reason]
 ) -> None:
-    store.block(A, "gpt-4o", clock.now + 5, "deployment_missing")
+    for deployment, seconds, reason in writes:
+        store.block(A, deployment, clock.now + seconds, reason)
+    assert store.blocked(A, "gpt-4o", clock.now) == (clock.now + expected[0], expected[1]), writes
+
+
+def test_the_breaker_blocks_every_deployment_of_its_backend_only(store: HealthStore, clock: FakeClock) -> None:
     store.block(A, None, clock.now + 50, "failure")
-    assert store.blocked(A, "gpt-4o", clock.now) == (clock.now + 5, "deployment_missing")
-    assert store.blocked(A, "mini", clock.now) == (clock.now + 50, "failure"), "the breaker blocks every deployment"
-
-
-def test_the_later_of_a_deployments_and_the_backends_block_is_reported(store: HealthStore, clock: FakeClock) -> None:
-    store.block(A, "gpt-4o", clock.now + 5, "rate_limited")
-    store.block(A, None, clock.now + 8, "failure")
-    assert store.blocked(A, "gpt-4o", clock.now) == (clock.now + 8, "failure")
-    store.block(A, "gpt-4o", clock.now + 30, "rate_limited")
-    assert store.blocked(A, "gpt-4o", clock.now) == (clock.now + 30, "rate_limited")
+    assert store.blocked(A, "mini", clock.now) == (clock.now + 50, "failure")
+    assert store.blocked(A, "", clock.now) == (clock.now + 50, "failure"), "a request naming no deployment got through"
+    assert store.blocked(B, "mini", clock.now) is None
 
 
 def test_each_trip_grows_the_streak_and_blocks_the_backend_for_its_cooldown(
