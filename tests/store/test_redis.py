@@ -394,3 +394,17 @@ def test_import_openai_lb_does_not_import_redis() -> None:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, timeout=60)
     assert out.stdout.strip() == "[]", f"import openai_lb loaded {out.stdout.strip()}"
+
+
+def test_patch_takes_a_store_url_and_rejects_a_malformed_one_at_once(redis_server: RedisServer) -> None:
+    from openai_lb._health import store_for_url
+
+    backends = [openai_lb.Backend(A, api_key="k")]
+    with openai_lb.patch(backends, health_store=redis_server.url):
+        import openai
+
+        client: Any = openai.AzureOpenAI(api_key="k", api_version="2024-10-21")
+        assert client.balancer is not None, "the patched SDK class did not balance"
+        assert client.balancer.store is store_for_url(redis_server.url)
+    with pytest.raises(ConfigurationError):
+        openai_lb.patch(backends, health_store="memcached://127.0.0.1:11211")
