@@ -34,9 +34,12 @@ from ._events import (
     Event,
     EventHook,
     NoBackendCanServe,
+    Origin,
     Outcome,
+    StoreDisconnected,
+    StoreReconnected,
 )
-from ._health import HealthStore, InMemoryHealthStore, Reason, reset_state
+from ._health import BackendHealth, Block, HealthStore, InMemoryHealthStore, Reason, Trip, reset_state
 from ._loading import backends_from_json, load_backends
 from ._patch import Patch, is_patched, patch, unpatch
 from ._shell import BACKEND_HEADER
@@ -46,6 +49,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._httpx import HTTPXTransport as HTTPXTransport
     from ._httpx2 import HTTPX2Transport as HTTPX2Transport
+    from ._redis import RedisHealthStore as RedisHealthStore
 
 _TRANSPORTS = {"HTTPXTransport": "httpx", "HTTPX2Transport": "httpx2"}
 
@@ -58,10 +62,12 @@ __all__ = [
     "AzureOpenAI",
     "Backend",
     "BackendCooled",
+    "BackendHealth",
     "BackendRecovered",
     "BackendState",
     "BackendStatus",
     "Balancer",
+    "Block",
     "ConfigurationError",
     "DeploymentCooldown",
     "Event",
@@ -70,11 +76,15 @@ __all__ = [
     "InMemoryHealthStore",
     "NoBackendCanServe",
     "OpenAILBError",
+    "Origin",
     "Outcome",
     "Patch",
     "Policy",
     "Reason",
+    "StoreDisconnected",
+    "StoreReconnected",
     "TokenProvider",
+    "Trip",
     "__version__",
     "backends_from_json",
     "is_patched",
@@ -86,6 +96,8 @@ __all__ = [
 
 # Star-imports must not fail on the HTTP library a given SDK major does not install.
 __all__ += [name for name, module in _TRANSPORTS.items() if find_spec(module) is not None]
+if find_spec("redis") is not None:
+    __all__ += ["RedisHealthStore"]
 
 logging.getLogger("openai_lb").addHandler(logging.NullHandler())
 
@@ -100,4 +112,8 @@ def __getattr__(name: str) -> Any:
         from ._httpx2 import HTTPX2Transport
 
         return HTTPX2Transport
+    if name == "RedisHealthStore":  # needs the redis extra
+        from ._redis import RedisHealthStore
+
+        return RedisHealthStore
     raise AttributeError(f"module 'openai_lb' has no attribute {name!r}")

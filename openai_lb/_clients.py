@@ -53,7 +53,7 @@ class Balancing(NamedTuple):
 
     backends: Sequence[Backend] | None
     policy: Policy | None
-    health_store: HealthStore | None
+    health_store: HealthStore | str | None
     on_event: tuple[EventHook, ...]
 
     def over(self, defaults: Balancing | None) -> Balancing:
@@ -132,7 +132,7 @@ class _Balanced:
         *,
         backends: Sequence[Backend] | None = None,
         policy: Policy | None = None,
-        health_store: HealthStore | None = None,
+        health_store: HealthStore | str | None = None,
         on_event: EventHook | Iterable[EventHook] | None = None,
         **kwargs: Any,
     ) -> None:

@@ -67,7 +67,8 @@ class Balancer:
     """Chooses backends and learns from their answers; shared by all calls of a transport.
 
     ``clock`` is monotonic seconds (cooldowns), ``wall_clock`` epoch seconds (only to turn
-    an HTTP-date into a delay), ``rng`` picks by weight. All three are injectable for tests.
+    an HTTP-date into a delay), ``rng`` picks by weight. ``store`` is a ``HealthStore``, the URL of
+    one shared across processes, or None for the process-wide default. All three are injectable for tests.
     ``client_wait_limit`` is the longest Retry-After the SDK in use will honour; beyond it
     the synthetic 429 says ``x-should-retry: false``. ``on_event`` hooks receive the events
     of ``openai_lb._events``; with none, no event is even built.

@@ -35,7 +35,10 @@ __all__ = [
     "Event",
     "EventHook",
     "NoBackendCanServe",
+    "Origin",
     "Outcome",
+    "StoreDisconnected",
+    "StoreReconnected",
     "emit",
     "hooks_from",
 ]
@@ -51,6 +54,9 @@ status such as 5xx, or a connection error or timeout) and ``skipped`` (this clie
 for the backend could not be obtained) fail over to the next backend; ``abandoned`` means the
 attempt ended without a verdict on the backend: the request was cancelled or failed on this machine.
 """
+
+Origin = Literal["local", "fleet"]
+"""Where a cooldown was learned: from an answer to this process, or from another process sharing its store."""
 
 FAILED_OVER: frozenset[Outcome] = frozenset({"rate_limited", "deployment_missing", "failure", "skipped"})
 
@@ -105,6 +111,9 @@ class BackendCooled:
     """The header the duration came from (e.g. ``retry-after-ms``); None when openai_lb chose it."""
     failures: int
     """Consecutive failures that opened the circuit breaker; 0 for a deployment cooldown."""
+    origin: Origin = "local"
+    """``"fleet"`` when another process learned it and the shared store told this one (then
+    ``backend`` is the URL: the store knows no names, and ``source`` is None)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +151,36 @@ class NoBackendCanServe:
     """Attempts this request made (credential failures included) before the answer."""
 
 
+@dataclass(frozen=True, slots=True)
+class StoreDisconnected:
+    """The health store shared across processes cannot be used (unreachable, slow, refusing the
+    credentials or the writes): balancing goes on with this process's own state, and the store
+    reconnects in the background."""
+
+    store: str
+    """The store's URL, without any password."""
+    error: str
+    """The exception's type name (never its message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreReconnected:
+    """The shared health store is usable again; both sides were brought up to date."""
+
+    store: str
+    downtime: float
+    """Seconds since ``StoreDisconnected``."""
+
+
 Event: TypeAlias = (
-    AttemptStarted | AttemptFinished | BackendCooled | BackendRecovered | AllBackendsCooling | NoBackendCanServe
+    AttemptStarted
+    | AttemptFinished
+    | BackendCooled
+    | BackendRecovered
+    | AllBackendsCooling
+    | NoBackendCanServe
+    | StoreDisconnected
+    | StoreReconnected
 )
 
 

@@ -2,27 +2,35 @@
 
 The core decides *how long*; a store only remembers. One process-wide store is shared by
 every client so that code which builds a client per request still learns; a client can be
-given its own ``InMemoryHealthStore`` (tests do). A store shared across processes would
-implement the same protocol.
+given its own ``InMemoryHealthStore`` (tests do), or a URL naming a store shared across
+processes (``"redis://cache:6379/0"``, see ``openai_lb.RedisHealthStore``).
+
+Every time a store is given or returns is a reading of the core's monotonic clock. A store shared
+across processes converts at its own boundary (to wall-clock epoch milliseconds and back), with the
+same clocks as the balancers using it; the core never sees another process's time.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from ._errors import ConfigurationError
 
 __all__ = [
     "BACKEND_WIDE",
     "BackendHealth",
+    "Block",
     "HealthStore",
     "InMemoryHealthStore",
     "Reason",
+    "Trip",
     "default_store",
     "reset_state",
 ]
@@ -34,6 +42,23 @@ BACKEND_WIDE = None
 """The ``deployment`` argument that means the whole backend (the circuit breaker)."""
 
 
+class Block(NamedTuple):
+    """Something is unusable until ``until`` (the core's clock) because of ``reason``.
+
+    A tuple: blocks are read on every attempt and a tuple is the cheapest immutable value to build.
+    """
+
+    until: float
+    reason: Reason
+
+
+class Trip(NamedTuple):
+    """What a counted failure did: the streak it made and the seconds the backend is blocked for."""
+
+    failures: int
+    seconds: float
+
+
 @dataclass(frozen=True, slots=True)
 class BackendHealth:
     """A store's view of one backend at one moment."""
@@ -42,8 +67,8 @@ class BackendHealth:
     """Consecutive failures (reset by a success)."""
     open_until: float | None
     """When the circuit breaker closes again, if it is open."""
-    deployments: Mapping[str, tuple[float, Reason]]
-    """Active deployment blocks: deployment -> (until, reason); "" is requests naming none."""
+    deployments: Mapping[str, Block]
+    """Active deployment blocks: deployment -> block; "" is requests naming none."""
 
 
 class HealthStore(Protocol):
@@ -53,7 +78,7 @@ class HealthStore(Protocol):
     deployment, or ``BACKEND_WIDE`` for the backend as a whole.
     """
 
-    def blocked(self, key: str, deployment: str, now: float) -> tuple[float, Reason] | None:
+    def blocked(self, key: str, deployment: str, now: float) -> Block | None:
         """Until when and why this deployment of the backend ``key`` is unusable; None if usable.
 
         A deployment marked missing reports ``"deployment_missing"`` even while the whole backend is
@@ -65,7 +90,7 @@ class HealthStore(Protocol):
         """Block until ``until``; an existing later deadline is kept."""
         ...
 
-    def trip(self, key: str, started: float, now: float, cooldown: Callable[[int], float]) -> tuple[int, float] | None:
+    def trip(self, key: str, started: float, now: float, cooldown: Callable[[int], float]) -> Trip | None:
         """Count a failure of an attempt sent at ``started`` and block the backend for ``cooldown(count)``.
 
         Atomic. Returns the consecutive-failure count and the seconds blocked; None, with nothing
@@ -111,7 +136,18 @@ class InMemoryHealthStore:
     per backend, are not counted and never evicted. The store assumes one clock for all its callers.
     """
 
-    __slots__ = ("_by_key", "_ends", "_failures", "_keep", "_lock", "_seen", "_size", "_tripped_at", "max_entries")
+    __slots__ = (
+        "__weakref__",  # the stores are reset in a forked child
+        "_by_key",
+        "_ends",
+        "_failures",
+        "_keep",
+        "_lock",
+        "_seen",
+        "_size",
+        "_tripped_at",
+        "max_entries",
+    )
 
     def __init__(self, *, max_entries: int = 10_000) -> None:
         if max_entries < 1:
@@ -119,7 +155,7 @@ class InMemoryHealthStore:
         self.max_entries = max_entries
         self._keep = max_entries // 10
         # backend key -> deployment (BACKEND_WIDE for the breaker) -> (until, reason)
-        self._by_key: dict[str, dict[str | None, tuple[float, Reason]]] = {}
+        self._by_key: dict[str, dict[str | None, Block]] = {}
         # Heap of (until, key, deployment) over the deployment blocks; an item whose block was
         # forgotten or extended since is stale and skipped when it surfaces.
         self._ends: list[tuple[float, str, str]] = []
@@ -128,13 +164,18 @@ class InMemoryHealthStore:
         self._failures: dict[str, int] = {}
         self._tripped_at: dict[str, float] = {}
         self._lock = threading.Lock()
+        _stores.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a thread of the parent may have held the lock when it forked."""
+        self._lock = threading.Lock()
 
     @property
     def size(self) -> int:
         """How many deployment blocks the store holds, ended ones not yet forgotten included."""
         return self._size
 
-    def blocked(self, key: str, deployment: str, now: float) -> tuple[float, Reason] | None:
+    def blocked(self, key: str, deployment: str, now: float) -> Block | None:
         blocks = self._by_key.get(key)
         if blocks is None:
             return None
@@ -160,14 +201,14 @@ class InMemoryHealthStore:
             current = blocks.get(deployment)
             if current is not None and current[0] >= until:
                 return
-            blocks[deployment] = (until, reason)
+            blocks[deployment] = Block(until, reason)
             if deployment is not BACKEND_WIDE:
                 if current is None:
                     self._size += 1
                 heapq.heappush(self._ends, (until, key, deployment))
                 self._tidy(self._seen)
 
-    def trip(self, key: str, started: float, now: float, cooldown: Callable[[int], float]) -> tuple[int, float] | None:
+    def trip(self, key: str, started: float, now: float, cooldown: Callable[[int], float]) -> Trip | None:
         with self._lock:
             if self._tripped_at.get(key, -math.inf) >= started:
                 return None
@@ -180,10 +221,10 @@ class InMemoryHealthStore:
                 blocks = self._by_key[key] = {}
             current = blocks.get(BACKEND_WIDE)
             if current is None or current[0] < now + seconds:
-                blocks[BACKEND_WIDE] = (now + seconds, "failure")
+                blocks[BACKEND_WIDE] = Block(now + seconds, "failure")
             self._seen = now
             self._tidy(now)
-            return count, seconds
+            return Trip(count, seconds)
 
     def count_success(self, key: str, deployment: str, now: float) -> tuple[str | None, ...]:
         blocks = self._by_key.get(key)
@@ -222,14 +263,14 @@ class InMemoryHealthStore:
             failures = self._failures.get(key, 0)
             blocks = self._by_key.get(key, {})
             ended = []
-            for deployment, (until, reason) in blocks.items():
-                if until <= now:
+            for deployment, block in blocks.items():
+                if block.until <= now:
                     if deployment is not BACKEND_WIDE:
                         ended.append(deployment)
                 elif deployment is BACKEND_WIDE:
-                    open_until = until
+                    open_until = block.until
                 else:
-                    deployments[deployment] = (until, reason)
+                    deployments[deployment] = block
             for deployment in ended[: max(self._size - self._keep, 0)]:
                 del blocks[deployment]
                 self._size -= 1
@@ -268,11 +309,23 @@ class InMemoryHealthStore:
             self._tripped_at.clear()
 
 
+_stores: weakref.WeakSet[InMemoryHealthStore] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for store in list(_stores):
+        store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
 _default_store = InMemoryHealthStore()
 
 
 def default_store() -> InMemoryHealthStore:
-    """The process-wide store that clients use unless given their own."""
+    """This process's memory: the store of balancers given none (clients and ``patch()`` also honour
+    ``$OPENAI_LB_HEALTH_STORE``, see ``openai_lb._stores``)."""
     return _default_store
 
 

@@ -19,6 +19,8 @@ from ._events import (
     BackendRecovered,
     Event,
     NoBackendCanServe,
+    StoreDisconnected,
+    StoreReconnected,
 )
 
 __all__ = ["DETAIL", "NOTICE", "level_of", "log", "log_event"]
@@ -37,6 +39,8 @@ def level_of(event: Event) -> int:
         if event.outcome == "skipped":
             return logging.WARNING
         return NOTICE if event.outcome == "failure" else DETAIL
+    if isinstance(event, StoreDisconnected):
+        return logging.WARNING
     return DETAIL if isinstance(event, AttemptStarted) else NOTICE
 
 
@@ -61,8 +65,17 @@ def log_event(event: Event) -> None:
             event.deployment,
             event.retry_after,
         )
-    else:
+    elif isinstance(event, NoBackendCanServe):
         _refused(level, event)
+    elif isinstance(event, StoreDisconnected):
+        log.log(
+            level,
+            "health store %s unusable (%s): balancing on this process's own state, reconnecting in the background",
+            event.store,
+            event.error,
+        )
+    elif isinstance(event, StoreReconnected):
+        log.log(level, "health store %s usable again after %.3f s", event.store, event.downtime)
 
 
 def _finished(level: int, event: AttemptFinished) -> None:
@@ -77,7 +90,17 @@ def _finished(level: int, event: AttemptFinished) -> None:
 
 
 def _cooled(level: int, event: BackendCooled) -> None:
-    if event.reason == "rate_limited":
+    if event.origin == "fleet":
+        what = "the backend" if event.deployment is None else f"deployment {event.deployment!r}"
+        log.log(
+            level,
+            "%s: %s cooling %.3f s (%s, learned from the fleet)",
+            event.backend,
+            what,
+            event.seconds,
+            event.reason,
+        )
+    elif event.reason == "rate_limited":
         log.log(
             level,
             "%s deployment %r answered 429: cooling %.3f s (from %s), failing over",

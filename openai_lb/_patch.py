@@ -20,6 +20,7 @@ from ._config import Backend, Policy, validate_backends
 from ._events import EventHook, hooks_from
 from ._health import HealthStore
 from ._loading import backends_from_env
+from ._stores import resolve_store
 
 __all__ = ["Patch", "is_patched", "patch", "unpatch"]
 
@@ -100,7 +101,7 @@ def patch(
     backends: Sequence[Backend] | None = None,
     *,
     policy: Policy | None = None,
-    health_store: HealthStore | None = None,
+    health_store: HealthStore | str | None = None,
     on_event: EventHook | Iterable[EventHook] | None = None,
 ) -> Patch:
     """Make ``openai.AzureOpenAI``, ``openai.AsyncAzureOpenAI`` and the module-level Azure client balance.
@@ -108,10 +109,13 @@ def patch(
     Call it at start-up; code that reads the SDK's names afterwards gets balancing clients,
     whatever endpoint it passes. With ``backends=None`` they come from ``$OPENAI_LB_BACKENDS``
     (a JSON list, or the path of a TOML or JSON file). Calling it again replaces the backends.
-    ``policy``, ``health_store`` and ``on_event`` apply to every client that does not pass its own.
+    ``policy``, ``health_store`` and ``on_event`` apply to every client that does not pass its own;
+    ``health_store`` may be the URL of a store shared across processes (``"redis://cache:6379/0"``).
     Clients given their own ``http_client`` are left as they are.
     """
     hooks = hooks_from(on_event)
+    if isinstance(health_store, str):  # a malformed URL fails here, not at the first client
+        health_store = resolve_store(health_store)
     checked = validate_backends(backends if backends is not None else backends_from_env())
     defaults = Balancing(checked, policy, health_store, hooks)
     with _lock:

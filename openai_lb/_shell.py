@@ -24,6 +24,7 @@ from ._framing import is_close_delimited, is_event_stream, is_json, json_complet
 from ._health import HealthStore
 from ._rewrite import RequestTemplate, endpoint_path
 from ._stacks import HttpStack
+from ._stores import resolve_store
 
 __all__ = ["BACKEND_HEADER", "BalancingShell", "client_wait_limit"]
 
@@ -93,13 +94,18 @@ class BalancingShell:
         transport: Any = None,
         async_transport: Any = None,
         policy: Policy | None = None,
-        health_store: HealthStore | None = None,
+        health_store: HealthStore | str | None = None,
         clock: Clock | None = None,
         wall_clock: Clock | None = None,
         rng: Any = None,
         on_event: EventHook | Iterable[EventHook] | None = None,
     ) -> None:
-        options: dict[str, Any] = {"policy": policy, "store": health_store, "rng": rng, "on_event": on_event}
+        options: dict[str, Any] = {
+            "policy": policy,
+            "store": resolve_store(health_store),
+            "rng": rng,
+            "on_event": on_event,
+        }
         if clock is not None:
             options["clock"] = clock
         if wall_clock is not None:

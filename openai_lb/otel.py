@@ -152,13 +152,15 @@ class OpenTelemetryHook:
             span.set_attributes({_BACKEND: event.backend, _FAILOVERS: event.number - 1})
 
     def _cooled(self, event: BackendCooled) -> None:
-        key = (event.backend, event.url, event.deployment, event.reason, event.source)
+        key = (event.backend, event.url, event.deployment, event.reason, event.source, event.origin)
         attributes = self._cooldown_attributes.get(key)
         if attributes is None:
             built = dict(self._place(event.backend, event.url, event.deployment))
             built["openai_lb.cooldown.reason"] = event.reason
             if event.source is not None:
                 built["openai_lb.cooldown.source"] = event.source
+            if event.origin == "fleet":  # learned from another process: it counted the cooldown already
+                built["openai_lb.cooldown.origin"] = event.origin
             attributes = self._remember(self._cooldown_attributes, key, built)
         self._cooldowns.add(1, attributes)
 

@@ -35,6 +35,11 @@ client: openai.AzureOpenAI = AzureOpenAI(
     backends=backends, api_version="2024-10-21", api_key="key", policy=Policy(default_cooldown=5), health_store=store
 )
 same_client: openai.AzureOpenAI = client.with_options(timeout=10)
+fleet_store: HealthStore = openai_lb.RedisHealthStore("redis://127.0.0.1:6379/0", namespace="app", password="pw")
+fleet_client = AzureOpenAI(backends=backends, api_key="k", api_version="v", health_store="redis://127.0.0.1:6379/0")
+found: openai_lb.Block | None = store.blocked("https://a.openai.azure.com", "gpt-4o", 0.0)
+tripped: openai_lb.Trip | None = store.trip("https://a.openai.azure.com", 0.0, 1.0, lambda failures: 5.0)
+origin: openai_lb.Origin = "fleet"
 async_client: openai.AsyncAzureOpenAI = AsyncAzureOpenAI(
     backends=[Backend("https://a.openai.azure.com", azure_ad_token_provider=async_token)], api_version="2024-10-21"
 )

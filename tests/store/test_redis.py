@@ -1,0 +1,411 @@
+"""``RedisHealthStore`` beyond the contract: what other processes see, time, failures of Redis, bounds.
+
+Two stores on one server stand for two processes (each has its own connections, threads and
+memory); one test forks a real child. Every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from redis_server import RedisServer, free_port, require_redis, wait_until
+
+import openai_lb
+from openai_lb import BackendCooled, ConfigurationError, InMemoryHealthStore, StoreDisconnected, StoreReconnected
+from openai_lb._clients import transport_class
+
+pytestmark = pytest.mark.timeout(60)
+
+A = "https://a.example.com"
+Make = Callable[..., Any]
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+def doubling(failures: int) -> float:
+    return 5.0 * 2 ** (failures - 1)
+
+
+def connected(*stores: Any) -> None:
+    wait_until(lambda: all(store.connected for store in stores), 10, "every store connecting")
+
+
+def test_reads_never_touch_the_network_they_are_the_memory_stores_own() -> None:
+    require_redis()
+    from openai_lb._redis import RedisHealthStore
+
+    assert RedisHealthStore.blocked is InMemoryHealthStore.blocked
+    assert RedisHealthStore.snapshot is InMemoryHealthStore.snapshot
+
+
+def test_a_block_in_one_process_reaches_another_with_its_deadline(redis_store: Make) -> None:
+    one, other = redis_store(), redis_store()
+    connected(one, other)
+    until = now() + 30
+    one.block(A, "gpt-4o", until, "rate_limited")
+    wait_until(lambda: other.blocked(A, "gpt-4o", now()) is not None, what="the block reaching the other store")
+    found = other.blocked(A, "gpt-4o", now())
+    assert found.reason == "rate_limited"
+    assert abs(found.until - until) < 0.05, f"deadline moved by {found.until - until:.3f} s on the way"
+
+
+def test_a_trip_in_one_process_opens_the_breaker_and_sets_the_streak_in_another(redis_store: Make) -> None:
+    one, other = redis_store(), redis_store()
+    connected(one, other)
+    sent = now()
+    assert one.trip(A, sent, now(), doubling) == (1, 5.0)
+    wait_until(lambda: other.snapshot(A, now()).failures == 1, what="the streak reaching the other store")
+    assert other.blocked(A, "anything", now()).reason == "failure"
+    assert other.trip(A, sent, now(), doubling) is None, "an attempt sent before the fleet's trip counted again"
+
+
+def test_attempts_of_one_outage_failing_in_two_processes_at_once_make_one_fleet_step(redis_store: Make) -> None:
+    one, other = redis_store(), redis_store()
+    connected(one, other)
+    sent = now()
+    # Neither has heard of the other's trip yet: both count locally, Redis counts once.
+    assert one.trip(A, sent, now(), doubling) is not None
+    assert other.trip(A, sent, now(), doubling) is not None
+    time.sleep(0.001)
+    fresh = redis_store()
+    connected(fresh)
+    wait_until(lambda: fresh.snapshot(A, now()).failures == 1, what="a new store learning the fleet's streak")
+    wait_until(
+        lambda: one.snapshot(A, now()).failures == other.snapshot(A, now()).failures == 1,
+        what="both stores settling on the fleet's streak of 1",
+    )
+
+
+def test_a_success_anywhere_resets_the_fleets_streak(redis_store: Make) -> None:
+    one, other = redis_store(), redis_store()
+    connected(one, other)
+    one.trip(A, now(), now(), lambda failures: 0.05)
+    wait_until(lambda: other.snapshot(A, now()).failures == 1, what="the streak reaching the other store")
+    wait_until(lambda: other.blocked(A, "x", now()) is None, what="the breaker closing")
+    other.count_success(A, "x", now())
+    wait_until(lambda: one.snapshot(A, now()).failures == 0, what="the reset reaching the first store")
+
+
+def test_a_store_that_starts_later_learns_every_block_still_running(redis_store: Make) -> None:
+    one = redis_store()
+    connected(one)
+    one.block(A, "gpt-4o", now() + 30, "rate_limited")
+    one.block(A, "ended", now() + 0.01, "rate_limited")
+    one.trip(A, now(), now(), doubling)
+    client: Any = one._client
+    wait_until(lambda: len(client.keys(f"{one.namespace}:v1:*")) >= 2, what="the writes reaching Redis")
+    late = redis_store()
+    connected(late)
+    assert late.blocked(A, "gpt-4o", now()).reason == "rate_limited"
+    assert late.snapshot(A, now()).failures == 1
+    assert late.blocked(A, "ended", now() + 1) in (None, late.blocked(A, "x", now() + 1))
+
+
+def test_cooldowns_learned_from_the_fleet_are_events_with_origin_fleet(redis_store: Make) -> None:
+    events: list[Any] = []
+    one, other = redis_store(), redis_store(on_event=events.append)
+    connected(one, other)
+    one.block(A, "gpt-4o", now() + 30, "rate_limited")
+    one.trip(A, now(), now(), doubling)
+    wait_until(lambda: len([e for e in events if isinstance(e, BackendCooled)]) == 2, what="two fleet events")
+    cooled = [e for e in events if isinstance(e, BackendCooled)]
+    assert {e.origin for e in cooled} == {"fleet"}
+    assert {(e.deployment, e.reason) for e in cooled} == {("gpt-4o", "rate_limited"), (None, "failure")}
+    own: list[Any] = []
+    alone = redis_store(on_event=own.append)
+    connected(alone)
+    alone.block(A, "mine", now() + 30, "rate_limited")
+    wait_until(lambda: other.blocked(A, "mine", now()) is not None, what="the block going round")
+    assert not [e for e in own if isinstance(e, BackendCooled) and e.deployment == "mine"], (
+        "a store announced its own block as the fleet's"
+    )
+
+
+def test_a_deadline_from_a_clock_far_behind_is_cut_to_max_cooldown(redis_store: Make) -> None:
+    one = redis_store()
+    # This host's wall clock is 10,000 s behind: the fleet's 30 s look like 10,030 s here.
+    behind = redis_store(wall_clock=lambda: time.time() - 10_000, max_cooldown=60)
+    connected(one, behind)
+    one.block(A, "gpt-4o", now() + 30, "rate_limited")
+    wait_until(lambda: behind.blocked(A, "gpt-4o", now()) is not None, what="the block arriving")
+    assert behind.blocked(A, "gpt-4o", now()).until <= now() + 60, "a skewed deadline was not capped"
+
+
+def test_a_deadline_converts_through_wall_clock_milliseconds(redis_store: Make) -> None:
+    one = redis_store()
+    ahead = redis_store(wall_clock=lambda: time.time() + 20)  # 20 s ahead: the fleet's 30 s look like 10 s
+    connected(one, ahead)
+    one.block(A, "gpt-4o", now() + 30, "rate_limited")
+    wait_until(lambda: ahead.blocked(A, "gpt-4o", now()) is not None, what="the block arriving")
+    left = ahead.blocked(A, "gpt-4o", now()).until - now()
+    assert 9.5 < left < 10.1, f"expected about 10 s left, got {left:.3f}"
+
+
+def test_values_are_versioned_json_in_expiring_keys_of_the_namespace(redis_store: Make) -> None:
+    one = redis_store()
+    connected(one)
+    one.block(A, "gpt-4o", now() + 30, "rate_limited")
+    one.trip(A, now(), now(), doubling)
+    client: Any = one._client
+    mine = f"{one.namespace}:*"
+    wait_until(lambda: len(client.keys(mine)) == 2, what="two keys written")
+    for key in client.keys(mine):
+        assert key.decode().startswith(f"{one.namespace}:v1:"), key
+        value = json.loads(client.get(key))
+        assert (value["v"], value["key"]) == (1, A), value
+        ttl = client.pttl(key)
+        assert 0 < ttl <= (30_000 if value["kind"] == "block" else 5_000 + 300_000), (key, ttl)
+
+
+def test_keys_vanish_when_their_blocks_end(redis_store: Make) -> None:
+    one = redis_store(max_cooldown=0.2)  # the streak outlives its breaker by max_cooldown
+    connected(one)
+    one.block(A, "gpt-4o", now() + 0.2, "rate_limited")
+    one.trip(A, now(), now(), lambda failures: 0.2)
+    client: Any = one._client
+    mine = f"{one.namespace}:*"
+    wait_until(lambda: len(client.keys(mine)) == 2, what="two keys written")
+    wait_until(lambda: not client.keys(mine), 5, "the keys expiring")
+
+
+def test_ten_thousand_distinct_deployments_leave_memory_and_redis_bounded(redis_store: Make) -> None:
+    one = redis_store(max_entries=1_000)
+    other = redis_store(max_entries=1_000)
+    connected(one, other)
+    until = now() + 1.0
+    for number in range(10_000):
+        one.block(A, f"deployment-{number}", until, "rate_limited")
+    client: Any = one._client
+
+    def held() -> int:
+        return sum(1 for _ in client.scan_iter(match=f"{one.namespace}:*", count=1000))
+
+    wait_until(lambda: not one._queue, 20, "the writes draining")
+    assert max(one.size, other.size) <= 1_000, (one.size, other.size)
+    wait_until(lambda: held() == 0, 20, "every key expiring with its block")
+    time.sleep(0.01)
+    one.block(A, "after", now() + 5, "rate_limited")  # writes keep sweeping ended blocks
+    assert one.size <= 1_000
+
+
+def test_malformed_and_foreign_values_in_the_namespace_are_ignored_and_counted(redis_store: Make) -> None:
+    one = redis_store()
+    connected(one)
+    client: Any = one._client
+    prefix = f"{one.namespace}:v1:"
+    client.set(prefix + "block:junk", b"\x80not json")
+    client.set(prefix + "block:list", "[1, 2]")
+    client.set(prefix + "block:future", json.dumps({"v": 2, "kind": "block"}))
+    client.set(prefix + "breaker:bad", json.dumps({"v": 1, "kind": "breaker", "key": A, "until": "soon", "by": "x"}))
+    for raw in (b"garbage", json.dumps({"v": 1, "kind": "block", "key": A, "until": 1e400, "by": "x"})):
+        client.publish(prefix + "events", raw)
+    wait_until(lambda: one.ignored == 2, what="two published values ignored")
+    late = redis_store()
+    connected(late)
+    assert late.ignored == 4, late.ignored
+    late.block(A, "gpt-4o", now() + 30, "rate_limited")
+    wait_until(lambda: one.blocked(A, "gpt-4o", now()) is not None, what="the store still working")
+
+
+def test_close_writes_what_is_queued(redis_store: Make) -> None:
+    one = redis_store()
+    connected(one)
+    for number in range(200):
+        one.block(A, f"d{number}", now() + 30, "rate_limited")
+    client: Any = redis_store()._client
+    one.close()
+    assert len(client.keys(f"{one.namespace}:*")) == 200, "close() left writes behind"
+    assert one.closed
+    assert not one.connected
+    one.block(A, "after", now() + 30, "rate_limited")  # a closed store still answers from memory
+    assert one.blocked(A, "after", now()) is not None
+
+
+def test_a_store_is_a_context_manager(redis_server: RedisServer, namespace: str) -> None:
+    with openai_lb.RedisHealthStore(redis_server.url, namespace=namespace) as store:
+        connected(store)
+    assert store.closed
+
+
+def test_an_unreachable_redis_at_construction_does_not_raise_and_the_store_works_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    require_redis()
+    events: list[Any] = []
+    with caplog.at_level(logging.WARNING, logger="openai_lb"):
+        store = openai_lb.RedisHealthStore(f"redis://127.0.0.1:{free_port()}/0", on_event=events.append)
+        try:
+            store.block(A, "gpt-4o", now() + 30, "rate_limited")
+            assert store.blocked(A, "gpt-4o", now()) is not None
+            wait_until(lambda: events, what="StoreDisconnected")
+            time.sleep(0.3)  # reconnection attempts go on meanwhile
+        finally:
+            store.close()
+    assert [type(e) for e in events] == [StoreDisconnected], events
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_a_wrong_password_fails_open_with_one_warning_and_no_password_anywhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret, wrong = "s3cret-Server-Pass", "Wr0ng-Client-Pass"
+    with RedisServer(password=secret) as server:
+        events: list[Any] = []
+        url = server.url.replace(secret, wrong)
+        with caplog.at_level(logging.DEBUG, logger="openai_lb"):
+            store = openai_lb.RedisHealthStore(url, on_event=events.append, reconnect_base=0.02, reconnect_max=0.05)
+            try:
+                store.block(A, "gpt-4o", now() + 30, "rate_limited")
+                wait_until(lambda: events, what="StoreDisconnected")
+                time.sleep(0.3)
+                seen = [repr(store), str(store.url), *map(repr, events)]
+            finally:
+                store.close()
+        seen += [r.getMessage() for r in caplog.records]
+        assert [type(e) for e in events] == [StoreDisconnected], events
+        assert events[0].error == "AuthenticationError", events[0]
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+        for text in seen:
+            assert wrong not in text, f"the client's password leaked: {text!r}"
+            assert secret not in text, f"the server's password leaked: {text!r}"
+        with pytest.raises(ConfigurationError) as raised:
+            openai_lb.RedisHealthStore(url.replace("redis://", "redis+tls://"))
+        assert wrong not in str(raised.value)
+
+
+def test_a_password_given_as_a_keyword_is_used(caplog: pytest.LogCaptureFixture) -> None:
+    with RedisServer(password="kw-pass") as server:
+        url = server.url.replace(":kw-pass@", "")
+        with openai_lb.RedisHealthStore(url, password="kw-pass") as store:
+            connected(store)
+            assert "kw-pass" not in repr(store)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "redis://:pw@127.0.0.1:notaport/0", "redis://h/0?db=x"]
+)
+def test_a_malformed_url_raises_configuration_error_without_the_password(url: str) -> None:
+    require_redis()
+    with pytest.raises(ConfigurationError) as raised:
+        openai_lb.RedisHealthStore(url)
+    assert "pw" not in str(raised.value)
+
+
+def test_blocks_learned_while_redis_was_down_reach_the_fleet_after_it_returns(namespace: str) -> None:
+    with RedisServer() as server:
+        events: list[Any] = []
+        options: dict[str, Any] = {"namespace": namespace, "reconnect_base": 0.02, "reconnect_max": 0.1}
+        with (
+            openai_lb.RedisHealthStore(server.url, on_event=events.append, **options) as one,
+            openai_lb.RedisHealthStore(server.url, **options) as other,
+        ):
+            connected(one, other)
+            other.block(A, "before", now() + 30, "rate_limited")
+            wait_until(lambda: one.blocked(A, "before", now()) is not None, what="the first block")
+            server.kill()
+            wait_until(lambda: not one.connected and not other.connected, what="both noticing")
+            one.block(A, "while-down", now() + 30, "rate_limited")
+            server.start()  # empty: it forgot everything
+            connected(one, other)
+            wait_until(lambda: other.blocked(A, "while-down", now()) is not None, what="the offline block spreading")
+            fresh = openai_lb.RedisHealthStore(server.url, **options)
+            with fresh:
+                connected(fresh)
+                assert fresh.blocked(A, "before", now()) is not None, "a block was lost with the server"
+            kinds = [type(e) for e in events if not isinstance(e, BackendCooled)]
+            assert kinds == [StoreDisconnected, StoreReconnected], kinds
+
+
+def test_a_slow_redis_never_slows_a_request(redis_store: Make, redis_server: RedisServer) -> None:
+    one = redis_store()
+    connected(one)
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.perf_counter()
+        for number in range(100):
+            one.block(A, f"d{number}", now() + 30, "rate_limited")
+            one.trip(A, now(), now(), doubling)
+            one.count_success(A, f"d{number}", now())
+            one.blocked(A, f"d{number}", now())
+        spent = time.perf_counter() - started
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert spent < 0.5, f"400 store calls took {spent:.3f} s while Redis hung"
+    wait_until(lambda: one.connected, 10, "the store recovering")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_store_made_before_fork_works_in_the_child(redis_store: Make) -> None:
+    parent = redis_store()
+    connected(parent)
+    parent.block(A, "from-parent", now() + 30, "rate_limited")
+    wait_until(lambda: not parent._queue, what="the parent's write leaving")
+    pid = os.fork()
+    if pid == 0:  # the child: its own connection and threads; report by exit code
+        code = 1
+        try:
+            wait_until(lambda: parent.connected, 10)
+            assert parent.blocked(A, "from-parent", now()) is not None
+            parent.block(A, "from-child", now() + 30, "rate_limited")
+            parent.close()
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while (found := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+        assert time.monotonic() < deadline, "the child hung"
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(found[1]) == 0, "the store failed in the forked child"
+    wait_until(lambda: parent.blocked(A, "from-child", now()) is not None, what="the child's block reaching the parent")
+
+
+def test_a_url_is_one_store_per_process_wherever_health_store_is_accepted(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openai_lb._stores import process_store, store_for_url
+
+    url = redis_server.url
+    transport = transport_class()([openai_lb.Backend(A, api_key="k")], health_store=url)
+    assert isinstance(transport.balancer.store, openai_lb.RedisHealthStore)
+    assert transport.balancer.store is store_for_url(url)
+    monkeypatch.setenv("OPENAI_LB_HEALTH_STORE", url)
+    assert process_store() is transport.balancer.store
+    assert transport_class()([openai_lb.Backend(A, api_key="k")]).balancer.store is transport.balancer.store
+    monkeypatch.delenv("OPENAI_LB_HEALTH_STORE")
+    assert isinstance(process_store(), InMemoryHealthStore)
+    assert not isinstance(process_store(), openai_lb.RedisHealthStore)
+
+
+def test_import_openai_lb_does_not_import_redis() -> None:
+    code = "import sys, openai_lb; print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis'))"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, timeout=60)
+    assert out.stdout.strip() == "[]", f"import openai_lb loaded {out.stdout.strip()}"
+
+
+def test_patch_takes_a_store_url_and_rejects_a_malformed_one_at_once(redis_server: RedisServer) -> None:
+    from openai_lb._stores import store_for_url
+
+    backends = [openai_lb.Backend(A, api_key="k")]
+    with openai_lb.patch(backends, health_store=redis_server.url):
+        import openai
+
+        client: Any = openai.AzureOpenAI(api_key="k", api_version="2024-10-21")
+        assert client.balancer is not None, "the patched SDK class did not balance"
+        assert client.balancer.store is store_for_url(redis_server.url)
+    with pytest.raises(ConfigurationError):
+        openai_lb.patch(backends, health_store="memcached://127.0.0.1:11211")
