@@ -1,11 +1,32 @@
 """A fake Azure OpenAI server for tests and benchmarks, built on the standard library only.
 
 `FakeAzureOpenAI` serves chat completions (plain and streamed), embeddings, the
-Responses API, file uploads and the models list on 127.0.0.1 in shapes the real
-``openai`` SDK parses. It checks API keys, deployments, an optional path prefix and
-an optional request budget the way Azure does, records every request, and plays
-scripted faults one request at a time. Every answer's assistant text is
+Responses API, files, batches, vector stores and the models list on 127.0.0.1 in
+shapes the real ``openai`` SDK parses. It checks API keys, deployments, an optional
+path prefix and an optional request budget the way Azure does, records every request,
+and plays scripted faults one request at a time. Every answer's assistant text is
 ``"{name}:{deployment}"``, so a test can tell which server and deployment answered.
+
+Like an Azure resource, each server keeps its own objects, on the Azure paths
+(``/openai/...?api-version=``) and the v1 paths (``/openai/v1/...``):
+
+- responses (``responses.create/retrieve/delete/input_items.list``): a
+  ``previous_response_id`` must name a response this server holds, else 400
+  ``previous_response_not_found``; ``metadata["turn"]`` counts a chain's turns; a
+  streamed response starts with ``response.created`` carrying its id;
+- files (``files.create/retrieve/content/delete``) keep their bytes;
+- batches (``batches.create/retrieve/cancel``) need an ``input_file_id`` the server holds;
+- vector stores (``vector_stores.create/retrieve/delete``).
+
+Unknown ids answer 404 in the service's error shape. ``server.objects`` shows the ids a
+server holds (``"resp_x" in server.objects``), and ``server.reset()`` forgets them::
+
+    with FakeAzureOpenAI(name="east") as east, FakeAzureOpenAI(name="west") as west:
+        first = azure_client(east).responses.create(model="gpt-4o", input="hi")
+        assert first.id in east.objects and first.id not in west.objects
+        with pytest.raises(openai.BadRequestError) as refused:  # the chain lives on east only
+            azure_client(west).responses.create(model="gpt-4o", input="and?", previous_response_id=first.id)
+        assert refused.value.code == "previous_response_not_found"
 
 Example::
 
@@ -44,6 +65,7 @@ from openai_lb._health import reset_state
 from openai_lb.testing._actions import Action, CutStream, RecordedRequest, Reply, ResetConnection, Stall
 from openai_lb.testing._group import FakeAzureGroup
 from openai_lb.testing._listener import closed_port_url
+from openai_lb.testing._objects import ObjectIds
 from openai_lb.testing._server import FakeAzureOpenAI
 
 __all__ = [
@@ -51,6 +73,7 @@ __all__ = [
     "CutStream",
     "FakeAzureGroup",
     "FakeAzureOpenAI",
+    "ObjectIds",
     "RecordedRequest",
     "Reply",
     "ResetConnection",

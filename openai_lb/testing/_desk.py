@@ -2,8 +2,8 @@
 
 A `Desk` belongs to one `FakeAzureOpenAI`. It keeps, under one lock, what handler threads
 and the test both touch: the script of actions, the recorded requests, the counters and
-the rules' `State` (the budget window now; stored responses, files, batches and vector
-stores when they come, as fields of `State` that `Desk.respond` keeps like the window).
+the rules' `State` (the budget window and the stored responses, files, batches and vector
+stores, replaced as a whole after each decision).
 It reads the fake's settings afresh for each request and leaves every decision to the
 pure functions of `_rules.py`.
 """
@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from openai_lb.testing import _rules as rules
 from openai_lb.testing._actions import Action, RecordedRequest
+from openai_lb.testing._objects import ObjectIds
 from openai_lb.testing._routes import Exchange, Incoming, parse
 
 
@@ -53,8 +54,9 @@ class Desk:
             self._records.append(exchange.request)
             # A path outside the prefix never reached the resource, so it takes no scripted action.
             action = self._script.popleft() if exchange.inside_prefix and self._script else None
+            objects = self._state.objects
         if action is not None:
-            return rules.scripted(action, exchange, config)
+            return rules.scripted(action, exchange, config, objects)
         return self._decide(exchange, config)
 
     def respond(self, exchange: Exchange) -> rules.Response:
@@ -87,6 +89,12 @@ class Desk:
     def rejected(self) -> int:
         with self._lock:
             return self._rejected
+
+    def objects(self) -> ObjectIds:
+        with self._lock:
+            objects = self._state.objects
+        # The state is never changed in place, so the snapshot can be built outside the lock.
+        return objects.ids()
 
     def answers(self) -> list[tuple[float, int]]:
         with self._lock:

@@ -21,7 +21,18 @@ from urllib.parse import urlsplit
 
 from openai_lb.testing import _payloads as payloads
 from openai_lb.testing._routes import Exchange, Incoming
-from openai_lb.testing._rules import NOT_FOUND, Cut, EventStream, JsonBody, Reset, Response, Step, Wait, error
+from openai_lb.testing._rules import (
+    NOT_FOUND,
+    Cut,
+    EventStream,
+    JsonBody,
+    RawBody,
+    Reset,
+    Response,
+    Step,
+    Wait,
+    error,
+)
 
 # Headers that frame the body; the handler always sets them itself.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
@@ -176,7 +187,11 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(body, EventStream):
             self._send_events(response.status, body, response.headers, cut)
         elif isinstance(body, JsonBody):
-            self._send_json(response.status, body.value, response.headers, cut)
+            data = json.dumps(body.value, separators=(",", ":")).encode()
+            self._send_bytes(response.status, data, _JSON_DEFAULTS, response.headers, cut)
+        elif isinstance(body, RawBody):
+            defaults = {"content-type": body.content_type}
+            self._send_bytes(response.status, body.data, defaults, response.headers, cut)
         else:
             self._start_answer(response.status, response.headers, _JSON_DEFAULTS, success=True)
             if response.status not in (204, 205, 304):
@@ -207,9 +222,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("connection", "close")
         self.end_headers()
 
-    def _send_json(self, status: int, value: object, headers: Mapping[str, str], cut: Cut | None) -> None:
-        data = json.dumps(value, separators=(",", ":")).encode()
-        self._start_answer(status, headers, _JSON_DEFAULTS, success=cut is None)
+    def _send_bytes(
+        self, status: int, data: bytes, defaults: Mapping[str, str], headers: Mapping[str, str], cut: Cut | None
+    ) -> None:
+        self._start_answer(status, headers, defaults, success=cut is None)
         if cut is None:
             self.send_header("content-length", str(len(data)))
             self.end_headers()

@@ -1,4 +1,11 @@
-"""Answer bodies of the fake Azure OpenAI server, shaped like the real service's."""
+"""Answer bodies of the fake Azure OpenAI server, shaped like the real service's.
+
+Two error envelopes exist, as on the real service: Azure's own checks (key, route,
+deployment, rate limits) answer ``{"error": {"code", "message"}}`` (`error_body`), while
+the stored-object APIs (responses, files, batches, vector stores), which Azure serves with
+OpenAI's implementation, answer ``{"error": {"message", "type", "param", "code"}}``
+(`object_error`). Where each of those came from is said next to it.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +57,60 @@ _EMBEDDING_TAIL = (0.5, -0.25, 0.125)
 
 class BadRequest(Exception):
     """The request cannot be answered normally; the message goes into a 400 error body."""
+
+
+class ObjectError(Exception):
+    """A stored-object request refused with ``status`` and an OpenAI-shaped error ``body``."""
+
+    def __init__(self, status: int, body: JsonObject) -> None:
+        super().__init__(body["error"]["message"])
+        self.status = status
+        self.body = body
+
+
+def object_error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> ObjectError:
+    """The ``invalid_request_error`` the object APIs answer (``param`` and ``code`` null unless known)."""
+    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    return ObjectError(status, {"error": error})
+
+
+def previous_response_not_found(response_id: str) -> ObjectError:
+    """Azure's 400 for a ``previous_response_id`` the resource does not hold."""
+    # Shape and wording as reported from the service (Azure's /openai/v1/responses included):
+    # https://github.com/router-for-me/CLIProxyAPI/issues/2954 (type, code, param, message),
+    # https://github.com/maximhq/bifrost/issues/2441 (status 400, the message with the id),
+    # https://github.com/dotnet/extensions/issues/7704 (the same 400 from an Azure resource).
+    message = f"Previous response with id '{response_id}' not found."
+    return object_error(400, message, param="previous_response_id", code="previous_response_not_found")
+
+
+def response_not_found(response_id: str) -> ObjectError:
+    """The 404 for an unknown response id on retrieve, delete and input items."""
+    # The envelope (invalid_request_error, param and code null) is the one the object APIs'
+    # 404s carry, e.g. https://github.com/sbslee/streamlit-openai/issues/18; the wording
+    # follows previous_response_not_found above, which names the same lookup.
+    return object_error(404, f"Response with id '{response_id}' not found.")
+
+
+def file_not_found(file_id: str) -> ObjectError:
+    """The 404 for an unknown file id, also when a batch names one as its ``input_file_id``."""
+    # Wording, param "id" and status as in the OpenAI .NET library's API-reference example for
+    # retrieving a missing file ("HTTP 404 (invalid_request_error: ) Parameter: id No such File
+    # object: file-abc123"); a batch create looks its input file up the same way.
+    return object_error(404, f"No such File object: {file_id}", param="id")
+
+
+def batch_not_found(batch_id: str) -> ObjectError:
+    """The 404 for an unknown batch id (wording by analogy with `file_not_found`)."""
+    return object_error(404, f"No such Batch object: {batch_id}", param="id")
+
+
+def vector_store_not_found(vector_store_id: str) -> ObjectError:
+    """The 404 for an unknown vector store id."""
+    # The 404 and message that client code written against the service matches on; no public
+    # page shows the whole body, so the envelope is the one of `response_not_found`. The call:
+    # https://developers.openai.com/api/reference/resources/vector_stores/methods/retrieve
+    return object_error(404, f"No vector store found with id '{vector_store_id}'.")
 
 
 def error_body(code: str, message: str) -> JsonObject:
@@ -217,6 +278,8 @@ def response_object(
     response_id: str | None = None,
     message_id: str | None = None,
     completed: bool = True,
+    previous_response_id: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> JsonObject:
     """Build a Responses API ``response`` object whose output text is ``content``."""
     output_tokens = estimate_tokens(content)
@@ -235,8 +298,9 @@ def response_object(
         "error": None,
         "incomplete_details": None,
         "instructions": None,
-        "metadata": {},
-        "previous_response_id": None,
+        "metadata": dict(metadata or {}),
+        "previous_response_id": previous_response_id,
+        "store": True,
         "temperature": 1.0,
         "top_p": 1.0,
         "text": {"format": {"type": "text"}},
@@ -255,12 +319,15 @@ def response_object(
     }
 
 
-def response_events(content: str, model: str, pieces: int, prompt_tokens: int) -> list[bytes]:
-    """Build the SSE events of a streamed Responses API answer, in the order the real API sends them."""
-    response_id = new_id("resp_")
-    message_id = new_id("msg_")
-    started = response_object(content, model, prompt_tokens, response_id=response_id, completed=False)
-    finished = response_object(content, model, prompt_tokens, response_id=response_id, message_id=message_id)
+def response_events(finished: JsonObject, pieces: int) -> list[bytes]:
+    """Build the SSE events that stream the completed ``response`` object ``finished``, in the real API's order.
+
+    ``response.created`` comes first and carries the response's id.
+    """
+    message = finished["output"][0]
+    message_id = message["id"]
+    content = message["content"][0]["text"]
+    started = {**finished, "status": "in_progress", "completed_at": None, "output": [], "usage": None}
     empty_part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
     full_part = {"type": "output_text", "text": content, "annotations": [], "logprobs": []}
     where = {"item_id": message_id, "output_index": 0, "content_index": 0}
@@ -281,14 +348,117 @@ def response_events(content: str, model: str, pieces: int, prompt_tokens: int) -
     bodies += [
         {"type": "response.output_text.done", **where, "text": content, "logprobs": []},
         {"type": "response.content_part.done", **where, "part": full_part},
-        {
-            "type": "response.output_item.done",
-            "output_index": 0,
-            "item": _output_message(message_id, content, "completed"),
-        },
+        {"type": "response.output_item.done", "output_index": 0, "item": message},
         {"type": "response.completed", "response": finished},
     ]
     return [sse_event({**body, "sequence_number": number}, event=body["type"]) for number, body in enumerate(bodies)]
+
+
+def input_items(given: object) -> list[JsonObject]:
+    """The items a response's ``input`` stands for, as ``responses/{id}/input_items`` lists them.
+
+    A string is one user message; a list gives one item per object in it (messages with
+    string content get it as one text part). Every item gets an id.
+    """
+    if isinstance(given, str):
+        given = [{"role": "user", "content": given}]
+    if not isinstance(given, list):
+        return []
+    items: list[JsonObject] = []
+    for item in given:
+        if not isinstance(item, dict):
+            continue
+        if "role" in item and item.get("type", "message") == "message":
+            role = item["role"]
+            content = item.get("content")
+            if isinstance(content, str) and role == "assistant":
+                content = [{"type": "output_text", "text": content, "annotations": []}]
+            elif isinstance(content, str):
+                content = [{"type": "input_text", "text": content}]
+            items.append(
+                {"id": new_id("msg_"), "type": "message", "role": role, "content": content, "status": "completed"}
+            )
+        else:
+            items.append({"id": new_id("item_"), **item})
+    return items
+
+
+def item_list(items: list[JsonObject]) -> JsonObject:
+    """A one-page ``list`` of items with its cursors."""
+    return {
+        "object": "list",
+        "data": items,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+        "has_more": False,
+    }
+
+
+def deleted(object_id: str, kind: str) -> JsonObject:
+    """The answer to a delete: ``{"id", "object", "deleted": true}``."""
+    return {"id": object_id, "object": kind, "deleted": True}
+
+
+def batch_object(payload: JsonObject) -> JsonObject:
+    """A new ``batch`` for a create request, ``validating`` as Azure's answer to a create shows it.
+
+    Shaped like the sample of https://learn.microsoft.com/en-us/rest/api/azureopenai/batch/create
+    (api-version 2024-10-21).
+    """
+    created = int(time.time())
+    metadata = payload.get("metadata")
+    return {
+        "id": new_id("batch_"),
+        "object": "batch",
+        "endpoint": payload.get("endpoint"),
+        "errors": None,
+        "input_file_id": payload.get("input_file_id"),
+        "completion_window": payload.get("completion_window"),
+        "status": "validating",
+        "output_file_id": None,
+        "error_file_id": None,
+        "created_at": created,
+        "in_progress_at": None,
+        "expires_at": created + 24 * 3600,
+        "finalizing_at": None,
+        "completed_at": None,
+        "failed_at": None,
+        "expired_at": None,
+        "cancelling_at": None,
+        "cancelled_at": None,
+        "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        "metadata": metadata if isinstance(metadata, dict) else None,
+    }
+
+
+def cancelled_batch(batch: JsonObject) -> tuple[JsonObject, JsonObject]:
+    """The answer to cancelling ``batch`` (``cancelling``) and the batch from then on (``cancelled``).
+
+    The fake runs no batch, so there is nothing to wait for between the two.
+    """
+    now = int(time.time())
+    answered = {**batch, "status": "cancelling", "cancelling_at": now}
+    return answered, {**answered, "status": "cancelled", "cancelled_at": now}
+
+
+def vector_store_object(payload: JsonObject) -> JsonObject:
+    """A new, empty ``vector_store`` for a create request."""
+    created = int(time.time())
+    name = payload.get("name")
+    metadata = payload.get("metadata")
+    return {
+        "id": new_id("vs_"),
+        "object": "vector_store",
+        "created_at": created,
+        "name": name if isinstance(name, str) else "",
+        "usage_bytes": 0,
+        "file_counts": {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0, "total": 0},
+        "status": "completed",
+        "expires_after": None,
+        "expires_at": None,
+        "last_active_at": created,
+        "metadata": metadata if isinstance(metadata, dict) else {},
+    }
 
 
 def embeddings(model: str, payload: JsonObject) -> JsonObject:
@@ -403,12 +573,12 @@ def _parse_part(raw: bytes) -> FormPart:
     )
 
 
-def file_upload(content_type: str, body: bytes) -> JsonObject:
-    """Answer a file upload from its multipart body: size and name of the ``file`` part."""
+def file_upload(content_type: str, body: bytes) -> tuple[JsonObject, bytes]:
+    """Answer a file upload from its multipart body: the ``file`` object and the file's bytes."""
     parts = parse_multipart(content_type, body)
     upload = next((part for part in parts if part.name == "file"), None)
     if upload is None:
         raise BadRequest("The multipart body has no 'file' part.")
     purpose_part = next((part for part in parts if part.name == "purpose"), None)
     purpose = purpose_part.data.decode("utf-8", "replace") if purpose_part else "assistants"
-    return file_object(upload.filename or "file", len(upload.data), purpose)
+    return file_object(upload.filename or "file", len(upload.data), purpose), upload.data

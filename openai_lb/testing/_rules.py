@@ -6,14 +6,14 @@ action into what the handler does instead. Both take a snapshot of the fake's se
 (`Config`) and, for `decide`, of what it remembers between requests (`State`), and return
 plain values (`Response`, `Cut`, `Reset`, `Wait`): no sockets, threads, locks or clocks here.
 
-Where later features go:
+Objects that live across requests (stored responses and their ``previous_response_id``
+chains, files, batches, vector stores) are `State.objects`, operated on by the pure
+functions of `_objects.py`: `decide` returns the new `State` in its `Decision`, which the
+fake stores under its lock, like the budget `Window`. Only a request that passes every
+check changes them; scripted answers read them but never change them.
 
-- Objects that live across requests (stored responses and their ``previous_response_id``
-  chains, files, batches, vector stores) are fields of `State`: `decide` reads them and
-  returns the new `State` in its `Decision`, which the fake stores under its lock, as it
-  already does for the budget `Window`.
-- Headroom headers (``x-ratelimit-remaining-tokens`` and the like) are computed by
-  `headroom_headers`, next to ``x-ratelimit-remaining-requests``.
+Where later features go: headroom headers (``x-ratelimit-remaining-tokens`` and the like)
+are computed by `headroom_headers`, next to ``x-ratelimit-remaining-requests``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
 
+from openai_lb.testing import _objects as stored
 from openai_lb.testing import _payloads as payloads
 from openai_lb.testing._actions import Action, CutStream, Reply, ResetConnection
-from openai_lb.testing._routes import JSON_KINDS, Exchange
+from openai_lb.testing._objects import Objects
+from openai_lb.testing._routes import Exchange
 
 # Listed by the models endpoint when the fake hosts any deployment name.
 _DEFAULT_MODELS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")
@@ -60,6 +62,7 @@ class State:
     """What the rules remember between requests; each `Decision` carries the next one."""
 
     window: Window = Window()
+    objects: Objects = field(default_factory=Objects)
 
 
 # -- what the handler is told to do ---------------------------------------------------
@@ -78,7 +81,15 @@ class EventStream:
     delay: float = 0.0
 
 
-Body: TypeAlias = JsonBody | EventStream | None
+@dataclass(frozen=True, slots=True)
+class RawBody:
+    """Bytes sent as they are (a file's content)."""
+
+    data: bytes
+    content_type: str = "application/octet-stream"
+
+
+Body: TypeAlias = JsonBody | EventStream | RawBody | None
 """None sends no body."""
 
 
@@ -143,9 +154,11 @@ def decide(exchange: Exchange, config: Config, state: State, now: float) -> Deci
 
     Path prefix (404 ``"404"``), key or token (401), route (404 ``"404"``), JSON body (400),
     deployment (400 without ``model``, 404 ``DeploymentNotFound`` when not hosted), the
-    request's fields (400 ``BadRequest``), budget (429 with ``retry-after``), then the
-    endpoint's normal answer. Only a request that passes every check spends budget;
-    ``now`` is the fake's clock reading for the budget window.
+    request's fields (400 ``BadRequest``; stored objects it names: 400
+    ``previous_response_not_found``, 404 for an unknown id), budget (429 with
+    ``retry-after``), then the endpoint's normal answer. Only a request that passes every
+    check spends budget or changes the stored objects; ``now`` is the fake's clock reading
+    for the budget window.
     """
     route, payload = exchange.route, exchange.payload
     if not exchange.inside_prefix:
@@ -154,7 +167,7 @@ def decide(exchange: Exchange, config: Config, state: State, now: float) -> Deci
         return Decision(error(401, "401", payloads.ACCESS_DENIED_MESSAGE), state)
     if route is None:
         return Decision(NOT_FOUND, state)
-    if route.kind in JSON_KINDS and payload is None:
+    if route.takes_json and payload is None:
         return Decision(error(400, "BadRequest", "The request body must be a JSON object."), state)
     if route.per_deployment:
         deployment = exchange.request.deployment
@@ -163,36 +176,43 @@ def decide(exchange: Exchange, config: Config, state: State, now: float) -> Deci
         if config.deployments is not None and deployment not in config.deployments:
             return Decision(error(404, "DeploymentNotFound", payloads.DEPLOYMENT_NOT_FOUND_MESSAGE), state)
     try:
-        body = normal_body(exchange, config, stream=False)
+        body, objects = normal_body(exchange, config, state.objects, stream=False)
     except payloads.BadRequest as problem:
         return Decision(error(400, "BadRequest", str(problem)), state)
+    except payloads.ObjectError as refused:
+        return Decision(Response(refused.status, JsonBody(refused.body)), state)
     if config.budget is None:
-        return Decision(Response(200, body), state)
+        return Decision(Response(200, body), replace(state, objects=objects))
     window, wait = spend(state.window, config.budget, config.window, now)
-    state = replace(state, window=window)
     if wait is not None:
-        return Decision(rate_limited(exchange, wait), state, over_budget=True)
-    return Decision(Response(200, body, headroom_headers(config.budget - window.used)), state)
+        return Decision(rate_limited(exchange, wait), replace(state, window=window), over_budget=True)
+    headers = headroom_headers(config.budget - window.used)
+    return Decision(Response(200, body, headers), replace(state, window=window, objects=objects))
 
 
-def scripted(action: Action, exchange: Exchange, config: Config) -> Step:
-    """What a scripted action makes of a request: it skips every check of `decide`."""
+def scripted(action: Action, exchange: Exchange, config: Config, objects: Objects | None = None) -> Step:
+    """What a scripted action makes of a request: it skips every check of `decide`.
+
+    A normal body is built from ``objects`` (the fake's, or none) but changes nothing: a
+    response created by a scripted answer is not held, so no later turn can continue it.
+    """
+    objects = objects if objects is not None else Objects()
     if isinstance(action, Reply):
-        return scripted_reply(action, exchange, config)
+        return scripted_reply(action, exchange, config, objects)
     if isinstance(action, ResetConnection):
         return Reset()
     if isinstance(action, CutStream):
-        return Cut(Response(200, body_or_empty(exchange, config, stream=True)), action.after, action.framing)
+        return Cut(Response(200, body_or_empty(exchange, config, objects, stream=True)), action.after, action.framing)
     return Wait(action.seconds, exchange)
 
 
-def scripted_reply(reply: Reply, exchange: Exchange, config: Config) -> Response:
+def scripted_reply(reply: Reply, exchange: Exchange, config: Config, objects: Objects) -> Response:
     """The answer a `Reply` stands for (see its docstring)."""
     status = reply.status
     if reply.json is not None:
         return Response(status, JsonBody(reply.json), reply.headers)
     if 200 <= status < 300 and status not in (204, 205):
-        return Response(status, body_or_empty(exchange, config, stream=False), reply.headers)
+        return Response(status, body_or_empty(exchange, config, objects, stream=False), reply.headers)
     if status >= 400:
         body = payloads.status_error_body(status, reply.headers, exchange.operation, exchange.api_version)
         return Response(status, JsonBody(body), reply.headers)
@@ -245,14 +265,15 @@ def rate_limited(exchange: Exchange, wait: float) -> Response:
     return Response(429, JsonBody(payloads.error_body("429", message)), headers)
 
 
-def normal_body(exchange: Exchange, config: Config, *, stream: bool) -> Body:
-    """The endpoint's normal 200 body; ``stream`` forces SSE where the endpoint has it.
+def normal_body(exchange: Exchange, config: Config, objects: Objects, *, stream: bool) -> tuple[Body, Objects]:
+    """The endpoint's normal 200 body and the objects held after it; ``stream`` forces SSE where the endpoint has it.
 
-    Raises `payloads.BadRequest` when the request's fields cannot be answered.
+    Raises `payloads.BadRequest` when the request's fields cannot be answered and
+    `payloads.ObjectError` when they name an object ``objects`` does not hold.
     """
     route = exchange.route
     if route is None:
-        return JsonBody({})
+        return JsonBody({}), objects
     payload = exchange.payload or {}
     deployment = exchange.request.deployment or ""
     content = f"{config.name}:{deployment}"
@@ -272,26 +293,29 @@ def normal_body(exchange: Exchange, config: Config, *, stream: bool) -> Body:
             events = payloads.chat_completion_events(
                 content, deployment, config.stream_chunks, prompt_tokens, include_usage
             )
-            return EventStream(tuple(events), config.chunk_delay)
-        return JsonBody(payloads.chat_completion(content, deployment, prompt_tokens))
-    if route.kind == "responses":
+            return EventStream(tuple(events), config.chunk_delay), objects
+        return JsonBody(payloads.chat_completion(content, deployment, prompt_tokens)), objects
+    if route.kind == "responses" and route.op == "create":
         prompt_tokens = payloads.estimate_tokens(payload.get("input", ""))
+        response, objects = stored.create_response(objects, payload, content, deployment, prompt_tokens)
         if stream:
-            events = payloads.response_events(content, deployment, config.stream_chunks, prompt_tokens)
-            return EventStream(tuple(events), config.chunk_delay)
-        return JsonBody(payloads.response_object(content, deployment, prompt_tokens))
+            events = payloads.response_events(response, config.stream_chunks)
+            return EventStream(tuple(events), config.chunk_delay), objects
+        return JsonBody(response), objects
+    if route.kind in stored.STORED_KINDS:
+        outcome = stored.operate(route, exchange, objects)
+        value = outcome.value
+        return (RawBody(value) if isinstance(value, bytes) else JsonBody(value)), outcome.objects
     if route.kind == "embeddings":
-        return JsonBody(payloads.embeddings(deployment, payload))
-    if route.kind == "files":
-        content_type = exchange.request.headers.get("content-type", "")
-        return JsonBody(payloads.file_upload(content_type, exchange.request.body))
+        return JsonBody(payloads.embeddings(deployment, payload)), objects
     models = sorted(config.deployments) if config.deployments is not None else list(_DEFAULT_MODELS)
-    return JsonBody(payloads.models_list(models))
+    return JsonBody(payloads.models_list(models)), objects
 
 
-def body_or_empty(exchange: Exchange, config: Config, *, stream: bool) -> Body:
-    """The normal body, or ``{}`` when the request's fields cannot be answered (scripted answers skip checks)."""
+def body_or_empty(exchange: Exchange, config: Config, objects: Objects, *, stream: bool) -> Body:
+    """The normal body, or ``{}`` when the request cannot be answered normally (scripted answers skip checks)."""
     try:
-        return normal_body(exchange, config, stream=stream)
-    except payloads.BadRequest:
+        body, _ = normal_body(exchange, config, objects, stream=stream)
+    except (payloads.BadRequest, payloads.ObjectError):
         return JsonBody({})
+    return body

@@ -9,9 +9,9 @@ How the fake is built, one concern per module:
 - ``_routes.py`` and ``_rules.py``: the route table and Azure's rules, pure functions.
 - ``_payloads.py``: the JSON and event-stream bodies; ``_actions.py``: scripted actions.
 
-Objects that live across requests (stored responses, files, batches, vector stores) belong
-in `_rules.State`, headroom headers in `_rules.headroom_headers`; this class only exposes
-them once a test needs to read them back.
+Objects that live across requests (stored responses, files, batches, vector stores) are
+`_rules.State.objects`, operated on by ``_objects.py``; this class shows their ids
+(`objects`). Headroom headers belong in `_rules.headroom_headers`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from openai_lb.testing._actions import ACTION_TYPES, Action, RecordedRequest
 from openai_lb.testing._desk import Desk
 from openai_lb.testing._handler import Responder
 from openai_lb.testing._listener import HOST, Listener, StartStop
+from openai_lb.testing._objects import ObjectIds
 from openai_lb.testing._routes import normalize_prefix
 from openai_lb.testing._rules import Config
 
@@ -65,16 +66,35 @@ class FakeAzureOpenAI(StartStop):
     """Serve a fake Azure OpenAI resource on 127.0.0.1 in a background thread.
 
     It answers chat completions (plain and streamed), embeddings, the Responses API,
-    file uploads and the models list in shapes the real ``openai`` SDK parses, checks
-    keys, deployments and an optional request budget like Azure does, records every
-    request, and plays scripted faults (`Reply`, `ResetConnection`, `CutStream`,
-    `Stall`) one per request. The assistant text of every answer is ``"{name}:{deployment}"``
-    so a test can tell which server and deployment answered.
+    files, batches, vector stores and the models list in shapes the real ``openai`` SDK
+    parses, checks keys, deployments and an optional request budget like Azure does,
+    records every request, and plays scripted faults (`Reply`, `ResetConnection`,
+    `CutStream`, `Stall`) one per request. The assistant text of every answer is
+    ``"{name}:{deployment}"`` so a test can tell which server and deployment answered.
+
+    Like an Azure resource, each server keeps its own objects (see `objects`), on the
+    Azure paths (``/openai/...?api-version=``) and the v1 paths (``/openai/v1/...``) alike:
+
+    - responses: ``POST responses`` stores each response (``resp_...``), whose
+      ``previous_response_id`` must name a response this server holds, else 400
+      ``previous_response_not_found``; ``metadata["turn"]`` counts the turns of a chain
+      (``"1"`` without a previous response); streamed, ``response.created`` (with the id)
+      comes first. ``GET``/``DELETE responses/{id}`` and ``GET responses/{id}/input_items``.
+    - files: ``POST files`` (multipart) stores the bytes (``file-...``);
+      ``GET files/{id}``, ``GET files/{id}/content``, ``DELETE files/{id}``.
+    - batches: ``POST batches`` needs an ``input_file_id`` this server holds; a batch stays
+      ``validating`` (nothing runs); ``GET batches/{id}``; ``POST batches/{id}/cancel``
+      answers ``cancelling``, and the batch is ``cancelled`` from then on.
+    - vector stores: ``POST vector_stores``, ``GET``/``DELETE vector_stores/{id}``.
+
+    An unknown id is a 404 in the object APIs' error shape (``openai.NotFoundError``).
+    Requests refused by any check, and scripted answers, leave the objects unchanged.
 
     A request goes through: path prefix (404 ``"404"``), then the next scripted action
     if any, then key or token (401), route (404 ``"404"``), JSON body (400), deployment
     (404 ``DeploymentNotFound``), the request's fields (400 ``BadRequest``, e.g. a chat
-    completion without ``messages``), budget (429) and finally the normal answer.
+    completion without ``messages``; the objects they name), budget (429) and finally the
+    normal answer.
 
     Args:
         name: Told back in the ``x-fake-server`` header and in every assistant text.
@@ -205,6 +225,17 @@ class FakeAzureOpenAI(StartStop):
         return self._desk.rejected()
 
     @property
+    def objects(self) -> ObjectIds:
+        """The ids of the responses, files, batches and vector stores this server holds, by kind.
+
+        A read-only snapshot: ``"resp_x" in server.objects`` asks whether any kind holds
+        that id, ``server.objects.responses`` lists the responses. At most
+        ``10_000`` of each kind are kept (a new one beyond forgets the oldest);
+        `reset` forgets them all.
+        """
+        return self._desk.objects()
+
+    @property
     def pending_actions(self) -> int:
         """How many scripted actions are still waiting for a request."""
         return self._desk.pending_actions()
@@ -217,7 +248,7 @@ class FakeAzureOpenAI(StartStop):
         self._desk.queue(actions)
 
     def reset(self) -> None:
-        """Forget scripted actions, recorded requests, the budget window and the counters."""
+        """Forget scripted actions, recorded requests, the budget window, the counters and the stored objects."""
         self._desk.reset()
 
     # -- used by FakeAzureGroup ------------------------------------------------------
