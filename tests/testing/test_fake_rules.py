@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openai_lb.testing import CutStream, Reply, ResetConnection, Stall
+from openai_lb.testing import CutStream, ObjectIds, Reply, ResetConnection, Stall
+from openai_lb.testing import _objects as objects_module
 from openai_lb.testing._routes import Exchange, Incoming, inner_path, normalize_prefix, parse
 from openai_lb.testing._rules import (
     Config,
@@ -15,6 +18,7 @@ from openai_lb.testing._rules import (
     Decision,
     EventStream,
     JsonBody,
+    RawBody,
     Reset,
     Response,
     State,
@@ -226,3 +230,247 @@ def test_parse_records_the_deployment_and_joins_repeated_headers() -> None:
     assert parsed.route is not None
     assert parsed.route.kind == "responses"
     assert parsed.operation == "Responses_Create"
+
+
+# -- stored objects --------------------------------------------------------------------------
+
+RESPONSES = "/openai/responses?api-version=2025-04-01-preview"
+V1 = "/openai/v1"
+PLAIN = Config()
+
+
+def objects_call(method: str, target: str, state: State, body: object = None, *, config: Config = PLAIN) -> Decision:
+    return decide(exchange(target, method=method, body=body, prefix=""), config, state, now=0.0)
+
+
+def json_of(decision: Decision) -> dict[str, Any]:
+    body = decision.response.body
+    assert isinstance(body, JsonBody), f"expected JSON, got {decision.response}"
+    assert isinstance(body.value, dict)
+    return body.value
+
+
+def turn(state: State, previous: str | None = None, *, target: str = RESPONSES) -> Decision:
+    body: dict[str, object] = {"model": "gpt-4o", "input": "hi"}
+    if previous is not None:
+        body["previous_response_id"] = previous
+    return objects_call("POST", target, state, body)
+
+
+def upload(state: State, data: bytes = b'{"custom_id": "1"}\n', purpose: str = "batch") -> Decision:
+    multipart = (
+        b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n' + purpose.encode() + b"\r\n"
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n\r\n' + data + b"\r\n--B--\r\n"
+    )
+    incoming = Incoming("POST", "/openai/files", (("content-type", "multipart/form-data; boundary=B"),), multipart)
+    return decide(parse(incoming, ""), Config(), state, now=0.0)
+
+
+def object_error_of(decision: Decision) -> tuple[int, str | None, str]:
+    error = json_of(decision)["error"]
+    assert error["type"] == "invalid_request_error", f"the object APIs' error shape: {error}"
+    return decision.response.status, error["code"], error["message"]
+
+
+def test_a_response_is_stored_under_a_fresh_id_and_a_chain_counts_its_turns() -> None:
+    first = turn(State())
+    second = turn(first.state, json_of(first)["id"])
+    third = turn(second.state, json_of(second)["id"], target=V1 + "/responses")
+
+    answers = [json_of(decision) for decision in (first, second, third)]
+    ids = [answer["id"] for answer in answers]
+    assert all(response_id.startswith("resp_") for response_id in ids), ids
+    assert len(set(ids)) == 3, f"each response gets a fresh id: {ids}"
+    assert [answer["previous_response_id"] for answer in answers] == [None, ids[0], ids[1]]
+    assert [answer["metadata"]["turn"] for answer in answers] == ["1", "2", "3"]
+    assert answers[2]["output"][0]["content"][0]["text"] == "fake:gpt-4o", "the text still names server and deployment"
+    assert third.state.objects.ids().responses == frozenset(ids)
+
+
+def test_a_previous_response_the_server_does_not_hold_is_400_and_stores_nothing() -> None:
+    held = turn(State()).state
+
+    refused = turn(held, "resp_elsewhere")
+
+    status, code, message = object_error_of(refused)
+    assert (status, code) == (400, "previous_response_not_found")
+    assert message == "Previous response with id 'resp_elsewhere' not found."
+    assert json_of(refused)["error"]["param"] == "previous_response_id"
+    assert refused.state == held, "a refused turn must not be stored"
+
+
+def test_the_callers_metadata_is_kept_next_to_the_turn() -> None:
+    decision = objects_call("POST", RESPONSES, State(), {"model": "m", "input": "hi", "metadata": {"user": "ann"}})
+
+    assert json_of(decision)["metadata"] == {"user": "ann", "turn": "1"}
+
+
+def test_a_stored_response_is_retrieved_listed_and_deleted_then_unknown() -> None:
+    created = turn(State())
+    response_id = json_of(created)["id"]
+
+    retrieved = objects_call("GET", f"/openai/responses/{response_id}?api-version=preview", created.state)
+    items = objects_call("GET", f"{V1}/responses/{response_id}/input_items", created.state)
+    deleted = objects_call("DELETE", f"{V1}/responses/{response_id}", created.state)
+    after = objects_call("GET", f"{V1}/responses/{response_id}", deleted.state)
+    chained = turn(deleted.state, response_id)
+
+    assert json_of(retrieved) == json_of(created), "retrieve answers the stored object"
+    assert [item["content"] for item in json_of(items)["data"]] == [[{"type": "input_text", "text": "hi"}]]
+    assert json_of(deleted) == {"id": response_id, "object": "response", "deleted": True}
+    assert object_error_of(after)[:2] == (404, None)
+    assert object_error_of(chained)[:2] == (400, "previous_response_not_found"), "a deleted response ends its chain"
+
+
+def test_input_items_are_newest_first_unless_asked_otherwise() -> None:
+    given = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    created = objects_call("POST", RESPONSES, State(), {"model": "m", "input": given})
+    response_id = json_of(created)["id"]
+
+    default = json_of(objects_call("GET", f"{V1}/responses/{response_id}/input_items", created.state))
+    ascending = json_of(objects_call("GET", f"{V1}/responses/{response_id}/input_items?order=asc", created.state))
+
+    def texts(page: dict[str, Any]) -> list[str]:
+        return [item["content"][0]["text"] for item in page["data"]]
+
+    assert texts(default) == ["c", "b", "a"]
+    assert texts(ascending) == ["a", "b", "c"]
+    assert ascending["first_id"] == ascending["data"][0]["id"]
+    assert ascending["data"][1]["content"][0]["type"] == "output_text", "assistant items are output text"
+
+
+def test_a_streamed_response_starts_with_created_carrying_the_id_it_is_stored_under() -> None:
+    decision = objects_call("POST", RESPONSES, State(), {"model": "m", "input": "hi", "stream": True})
+
+    body = decision.response.body
+    assert isinstance(body, EventStream)
+    events = [json.loads(event.split(b"data: ", 1)[1]) for event in body.events]
+    assert [events[0]["type"], events[-1]["type"]] == ["response.created", "response.completed"]
+    response_id = events[0]["response"]["id"]
+    assert events[-1]["response"]["id"] == response_id
+    assert "output_text.delta" in events[4]["type"]
+    assert decision.state.objects.ids().responses == {response_id}
+
+
+def test_files_keep_their_bytes_and_batches_need_a_held_input_file() -> None:
+    uploaded = upload(State(), data=b"\x00line\r\n")
+    file_id = json_of(uploaded)["id"]
+    batch_body = {"input_file_id": file_id, "endpoint": "/chat/completions", "completion_window": "24h"}
+
+    content = objects_call("GET", f"{V1}/files/{file_id}/content", uploaded.state)
+    batch = objects_call("POST", V1 + "/batches", uploaded.state, batch_body)
+    unknown_input = objects_call("POST", V1 + "/batches", uploaded.state, {**batch_body, "input_file_id": "file-x"})
+    no_input = objects_call("POST", V1 + "/batches", uploaded.state, {"endpoint": "/chat/completions"})
+
+    assert file_id.startswith("file-")
+    assert content.response.body == RawBody(b"\x00line\r\n"), "the content is the uploaded bytes, exactly"
+    assert json_of(batch)["status"] == "validating"
+    assert json_of(batch)["input_file_id"] == file_id
+    assert object_error_of(unknown_input) == (404, None, "No such File object: file-x")
+    assert error_of(no_input) == (400, "BadRequest")
+    assert unknown_input.state == uploaded.state, "a refused batch is not stored"
+
+
+def test_a_cancelled_batch_answers_cancelling_then_stays_cancelled() -> None:
+    uploaded = upload(State())
+    batch = objects_call("POST", V1 + "/batches", uploaded.state, {"input_file_id": json_of(uploaded)["id"]})
+    batch_id = json_of(batch)["id"]
+
+    cancel = objects_call("POST", f"{V1}/batches/{batch_id}/cancel", batch.state)
+    later = objects_call("GET", f"{V1}/batches/{batch_id}", cancel.state)
+    again = objects_call("POST", f"{V1}/batches/{batch_id}/cancel", cancel.state)
+
+    assert json_of(cancel)["status"] == "cancelling"
+    assert json_of(later)["status"] == "cancelled"
+    assert json_of(later)["cancelled_at"] is not None
+    assert json_of(again)["status"] == "cancelled", "cancelling twice changes nothing"
+
+
+def test_unknown_ids_are_404_in_the_object_error_shape() -> None:
+    for method, target, unknown in (
+        ("GET", "/openai/responses/resp_x?api-version=preview", "resp_x"),
+        ("DELETE", V1 + "/responses/resp_x", "resp_x"),
+        ("GET", V1 + "/responses/resp_x/input_items", "resp_x"),
+        ("GET", V1 + "/files/file-x", "file-x"),
+        ("GET", "/openai/files/file-x/content?api-version=preview", "file-x"),
+        ("DELETE", V1 + "/files/file-x", "file-x"),
+        ("GET", V1 + "/batches/batch_x", "batch_x"),
+        ("POST", V1 + "/batches/batch_x/cancel", "batch_x"),
+        ("GET", V1 + "/vector_stores/vs_x", "vs_x"),
+        ("DELETE", "/openai/vector_stores/vs_x?api-version=preview", "vs_x"),
+    ):
+        status, _, message = object_error_of(objects_call(method, target, State()))
+        assert status == 404, f"{method} {target}"
+        assert unknown in message, f"{message!r} must name {unknown}"
+
+
+def test_vector_stores_are_created_retrieved_and_deleted() -> None:
+    created = objects_call("POST", V1 + "/vector_stores", State(), {"name": "docs"})
+    store_id = json_of(created)["id"]
+
+    retrieved = objects_call("GET", f"{V1}/vector_stores/{store_id}", created.state)
+    deleted = objects_call("DELETE", f"{V1}/vector_stores/{store_id}", created.state)
+
+    assert store_id.startswith("vs_")
+    assert json_of(retrieved)["name"] == "docs"
+    assert json_of(deleted) == {"id": store_id, "object": "vector_store.deleted", "deleted": True}
+    assert deleted.state.objects.ids() == ObjectIds()
+
+
+def test_a_request_over_budget_stores_nothing() -> None:
+    config = Config(budget=1)
+    first = objects_call("POST", RESPONSES, State(), {"model": "m", "input": "hi"}, config=config)
+
+    over = objects_call("POST", RESPONSES, first.state, {"model": "m", "input": "hi"}, config=config)
+
+    assert over.response.status == 429
+    assert over.state.objects == first.state.objects
+
+
+def test_scripted_answers_read_the_objects_but_store_nothing() -> None:
+    created = turn(State())
+    response_id = json_of(created)["id"]
+    retrieve = exchange(f"/openai/v1/responses/{response_id}", method="GET", prefix="")
+
+    reply = scripted(Reply(200), retrieve, Config(), created.state.objects)
+
+    assert isinstance(reply, Response)
+    assert reply.body == JsonBody(json_of(created)), "a scripted 200 answers the stored object"
+
+
+def test_the_oldest_object_of_a_kind_is_forgotten_beyond_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(objects_module, "MAX_PER_KIND", 2)
+    state, ids = State(), []
+    for _ in range(3):
+        decision = turn(state)
+        state = decision.state
+        ids.append(json_of(decision)["id"])
+
+    assert state.objects.ids().responses == {ids[1], ids[2]}, "the first response was forgotten"
+
+
+@given(st.lists(st.sampled_from(["create", "chain", "delete"]), max_size=12))
+def test_held_responses_are_exactly_those_created_and_not_deleted(steps: list[str]) -> None:
+    state, held, last = State(), set[str](), None
+    for step in steps:
+        if step == "delete" and last is not None:
+            state = objects_call("DELETE", f"{V1}/responses/{last}", state).state
+            held.discard(last)
+            last = None
+            continue
+        decision = turn(state, last if step == "chain" else None)
+        if step == "chain" and last is None:
+            # No previous response to continue: the turn is an ordinary first turn.
+            assert json_of(decision)["metadata"]["turn"] == "1"
+        state, last = decision.state, json_of(decision)["id"]
+        held.add(last)
+    assert state.objects.ids().responses == held
+
+
+def test_object_routes_are_parsed_on_azure_and_v1_paths() -> None:
+    for target in ("/openai/files/file-a%2Fb/content?api-version=preview", "/openai/v1/files/file-a%2Fb/content"):
+        route = parse(Incoming("GET", target, (), b""), "").route
+        assert route is not None, target
+        assert (route.kind, route.op, route.object_id) == ("files", "content", "file-a/b")
+    assert parse(Incoming("PUT", "/openai/v1/files/file-a", (), b""), "").route is None, "no such method"
+    assert parse(Incoming("GET", "/openai/v1/batches/b/input_items", (), b""), "").route is None, "no such sub-path"
