@@ -18,7 +18,7 @@ from _servers import FastServer
 from _systems import async_client, sync_client
 
 import openai_lb
-from openai_lb import Backend, InMemoryHealthStore
+from openai_lb import Backend, HealthStore, InMemoryHealthStore
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
@@ -71,9 +71,9 @@ class _InMemory(httpx.BaseTransport):
         return httpx.Response(200, content=self.body, request=request)
 
 
-def _transport(count: int, *, tiered: bool) -> openai_lb.HTTPXTransport:
+def _transport(count: int, *, tiered: bool, store: HealthStore | None = None) -> openai_lb.HTTPXTransport:
     backends = [Backend(f"https://b{i}.example.com", priority=1 if (i == 0 or not tiered) else 2) for i in range(count)]
-    return openai_lb.HTTPXTransport(backends, transport=_InMemory(), health_store=InMemoryHealthStore())
+    return openai_lb.HTTPXTransport(backends, transport=_InMemory(), health_store=store or InMemoryHealthStore())
 
 
 def _sdk_request() -> httpx.Request:
@@ -94,8 +94,10 @@ def _sdk_request() -> httpx.Request:
     return captured[0]
 
 
-def isolated(rounds: int, calls: int, counts: list[int]) -> dict[str, Any]:
-    """The balancing transport over an in-memory inner transport vs that inner transport alone."""
+def per_request_seconds(
+    rounds: int, calls: int, cases: dict[str, Callable[[], httpx.BaseTransport]]
+) -> dict[str, list[float]]:
+    """Seconds per request of each transport sending the SDK's request, per round, in random order per round."""
     request = _sdk_request()
 
     def per_request(transport: httpx.BaseTransport) -> float:
@@ -104,10 +106,6 @@ def isolated(rounds: int, calls: int, counts: list[int]) -> dict[str, Any]:
             transport.handle_request(request)
         return (time.perf_counter() - started) / calls
 
-    cases: dict[str, Callable[[], httpx.BaseTransport]] = {"inner alone": _InMemory}
-    for count in counts:
-        cases[f"{count} backends, PTU + spares"] = lambda c=count: _transport(c, tiered=True)
-        cases[f"{count} backends, one tier"] = lambda c=count: _transport(c, tiered=False)
     built = {name: make() for name, make in cases.items()}
     for transport in built.values():
         per_request(transport)
@@ -115,6 +113,16 @@ def isolated(rounds: int, calls: int, counts: list[int]) -> dict[str, Any]:
     for _ in range(rounds):
         for name in random.sample(list(built), len(built)):
             samples[name].append(per_request(built[name]))
+    return samples
+
+
+def isolated(rounds: int, calls: int, counts: list[int]) -> dict[str, Any]:
+    """The balancing transport over an in-memory inner transport vs that inner transport alone."""
+    cases: dict[str, Callable[[], httpx.BaseTransport]] = {"inner alone": _InMemory}
+    for count in counts:
+        cases[f"{count} backends, PTU + spares"] = lambda c=count: _transport(c, tiered=True)
+        cases[f"{count} backends, one tier"] = lambda c=count: _transport(c, tiered=False)
+    samples = per_request_seconds(rounds, calls, cases)
     inner = samples["inner alone"]
     return {
         "calls_per_round": calls,

@@ -4,8 +4,9 @@
     python benchmarks/run.py --quick    # a smoke run with few rounds (about 4 minutes)
 
 On first use it creates ``benchmarks/.venv`` and installs what the comparison needs there
-(this project, openai 2.x, openai-priority-loadbalancer 1.1.1, matplotlib); the project's own
-environment is left alone. All traffic goes to fake servers on 127.0.0.1.
+(this project with its ``redis`` extra, openai 2.x, openai-priority-loadbalancer 1.1.1, matplotlib);
+the project's own environment is left alone. The fleet benchmark also needs ``redis-server`` on
+PATH. All traffic goes to fake servers and a redis-server on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ ROOT = HERE.parent
 VENV = HERE / ".venv"
 RESULTS = HERE / "results"
 REQUIREMENTS = ["openai>=2,<3", "openai-priority-loadbalancer==1.1.1", "matplotlib>=3.8", "uvicorn>=0.30"]
+PROJECT = f"{ROOT}[redis]"
+"""This project, editable, with the extra that the fleet benchmark's shared store needs."""
 
 
 def _venv_python() -> Path:
@@ -39,10 +42,10 @@ def bootstrap(argv: list[str]) -> int:
         print(f"creating {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     marker = VENV / ".installed"
-    wanted = "\n".join(REQUIREMENTS) + "\n" + str(ROOT)
+    wanted = "\n".join(REQUIREMENTS) + "\n" + PROJECT
     if not marker.exists() or marker.read_text() != wanted:
         print("installing the benchmark requirements ...", flush=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e", str(ROOT), *REQUIREMENTS], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e", PROJECT, *REQUIREMENTS], check=True)
         marker.write_text(wanted)
     # Proxy settings would send some systems' loopback traffic through a proxy (httpx reads them; a
     # client given a transport does not): keep every system direct and on 127.0.0.1.
@@ -80,6 +83,7 @@ def _machine() -> dict[str, Any]:
 
 def measure(quick: bool) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
+    import bench_fleet
     import bench_health as health
     import bench_overhead as overhead
     import bench_spillover as spillover
@@ -106,6 +110,7 @@ def measure(quick: bool) -> dict[str, Any]:
                     lambda s=scenario, d=driver, y=system: spillover.simulate(s, y, d),
                 )
             )
+    steps.append(("fleet", lambda: bench_fleet.fleet(quick)))
     for name, step in steps:
         started = time.monotonic()
         print(f"- {name} ...", end=" ", flush=True)
@@ -132,10 +137,11 @@ def main() -> int:
     import _report
 
     _report.plot(results, args.out / "spillover.png")
+    _report.plot_fleet(results, args.out / "fleet.png")
     (args.out / "results.md").write_text(
         _report.markdown(results, command=" ".join(["python benchmarks/run.py", *sys.argv[1:]]))
     )
-    print(f"wrote {args.out / 'results.md'}, results.json and spillover.png")
+    print(f"wrote {args.out / 'results.md'}, results.json, spillover.png and fleet.png")
     return 0
 
 
