@@ -220,6 +220,19 @@ def fleet_markdown(fleet: dict[str, Any]) -> str:
             ],
         )
     )
+    if "best_round_us" in hot:
+        best = hot["best_round_us"]
+        out.append(
+            f"\nFastest round, µs per request (the least disturbed by other work on the host): inner alone "
+            f"{best['inner alone']:.1f}, InMemoryHealthStore {best['InMemoryHealthStore']:.1f}, RedisHealthStore "
+            f"{best['RedisHealthStore']:.1f}.\n"
+        )
+    if "load_average" in fleet:
+        load = fleet["load_average"]
+        out.append(
+            f"\nLoad average of the host as the fleet benchmark ended: {load['1 min']:.1f} (1 min), "
+            f"{load['5 min']:.1f} (5 min), on {load['cores']} cores.\n"
+        )
     return "".join(out)
 
 
