@@ -168,9 +168,16 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
 def fleet_markdown(fleet: dict[str, Any]) -> str:
     """The fleet benchmark's section: balancing, propagation and hot-path cost."""
     paygo = " and ".join(f"{b}" for b in fleet["paygo_budgets"])
+    measured = fleet.get("measured")
     out = [
         "## Fleet-wide balancing\n\n"
-        f"W worker processes, each with its own client, share a PTU with a budget of {fleet['ptu_budget']} "
+        + (
+            f"Measured apart from the rest by `{measured['command']}` on {measured['machine']['date']} "
+            f"(openai_lb {measured['machine']['openai_lb']}, Python {measured['machine']['python']}). "
+            if measured
+            else ""
+        )
+        + f"W worker processes, each with its own client, share a PTU with a budget of {fleet['ptu_budget']} "
         f"requests per {fleet['window']:g}-second window and two pay-as-you-go deployments ({paygo} per window); "
         f"{fleet['rate']:g} requests/s offered in all (Poisson, split evenly over the workers) for "
         f"{fleet['duration']:g} s, {fleet['rounds']} round(s) in random order. *PTU 429s per window*: the 429s the "

@@ -2,6 +2,7 @@
 
     python benchmarks/run.py            # the full run (about 12 minutes on 2 cores)
     python benchmarks/run.py --quick    # a smoke run with few rounds (about 4 minutes)
+    python benchmarks/run.py --only fleet   # one benchmark again, into the existing results
 
 On first use it creates ``benchmarks/.venv`` and installs what the comparison needs there
 (this project with its ``redis`` extra, openai 2.x, openai-priority-loadbalancer 1.1.1, matplotlib);
@@ -81,7 +82,8 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def measure(quick: bool) -> dict[str, Any]:
+def measure(quick: bool, only: str | None = None, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every benchmark; or, with ``only``, that one, put into the ``earlier`` results in place of theirs."""
     sys.path.insert(0, str(HERE))
     import bench_fleet
     import bench_health as health
@@ -92,7 +94,8 @@ def measure(quick: bool) -> dict[str, Any]:
 
     pin(0)
     systems = ["plain", "openai_lb-1", "openai_lb-3", "priority-lb"]
-    results: dict[str, Any] = {"machine": _machine(), "quick": quick}
+    command = " ".join(["python benchmarks/run.py", *(["--quick"] if quick else [])])
+    results: dict[str, Any] = {"machine": _machine(), "quick": quick, "command": command}
     steps = [
         ("sdk_sequential", lambda: overhead.sdk_sequential(5 if quick else 15, 100 if quick else 300, systems)),
         ("isolated", lambda: overhead.isolated(5 if quick else 15, 2000 if quick else 20000, [3, 30, 300])),
@@ -111,6 +114,10 @@ def measure(quick: bool) -> dict[str, Any]:
                 )
             )
     steps.append(("fleet", lambda: bench_fleet.fleet(quick)))
+    if only is not None:
+        assert earlier is not None
+        steps = [(name, step) for name, step in steps if name == only]
+        results = earlier
     for name, step in steps:
         started = time.monotonic()
         print(f"- {name} ...", end=" ", flush=True)
@@ -119,6 +126,11 @@ def measure(quick: bool) -> dict[str, Any]:
             results.setdefault("spillover", []).append(value)
         else:
             results[name] = value
+        if only is not None:  # the rest of the results are older: this one says when and how it was measured
+            value["measured"] = {
+                "machine": _machine(),
+                "command": " ".join(["python benchmarks/run.py", *sys.argv[1:]]),
+            }
         print(f"{time.monotonic() - started:.0f} s", flush=True)
     return results
 
@@ -127,10 +139,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few rounds: checks the benchmarks run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
+    parser.add_argument(
+        "--only",
+        choices=["fleet"],
+        help="run only this benchmark and put its results into the existing results.json (the rest stay as they were)",
+    )
     args = parser.parse_args()
     if os.environ.get("OPENAI_LB_BENCH_INSIDE") != "1":
         return bootstrap(sys.argv[1:])
-    results = measure(args.quick)
+    earlier = None
+    if args.only is not None:
+        path = args.out / "results.json"
+        if not path.exists():
+            parser.error(f"--only needs the results of a full run in {path}")
+        earlier = json.loads(path.read_text())
+    results = measure(args.quick, args.only, earlier)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     sys.path.insert(0, str(HERE))
@@ -139,7 +162,11 @@ def main() -> int:
     _report.plot(results, args.out / "spillover.png")
     _report.plot_fleet(results, args.out / "fleet.png")
     (args.out / "results.md").write_text(
-        _report.markdown(results, command=" ".join(["python benchmarks/run.py", *sys.argv[1:]]))
+        # Older results name no command: only --quick told runs apart then.
+        _report.markdown(
+            results,
+            command=results.get("command", "python benchmarks/run.py" + (" --quick" if results["quick"] else "")),
+        )
     )
     print(f"wrote {args.out / 'results.md'}, results.json, spillover.png and fleet.png")
     return 0
