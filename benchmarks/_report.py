@@ -234,6 +234,14 @@ def fleet_markdown(fleet: dict[str, Any]) -> str:
             f"{best['inner alone']:.1f}, InMemoryHealthStore {best['InMemoryHealthStore']:.1f}, RedisHealthStore "
             f"{best['RedisHealthStore']:.1f}.\n"
         )
+    if "store_calls_ns" in hot:
+        alone = hot["store_calls_ns"]
+        out.append(
+            "\nThe store's calls alone (`blocked()` on 3 backends and `count_success()`, what a success asks of "
+            f"it), ns per request: InMemoryHealthStore {_range(alone['InMemoryHealthStore'], '{:.0f}')}, "
+            f"RedisHealthStore {_range(alone['RedisHealthStore'], '{:.0f}')}; difference paired by round "
+            f"{_range(hot['store_calls_redis_minus_memory_ns'], '{:.0f}')}.\n"
+        )
     if "load_average" in fleet:
         load = fleet["load_average"]
         out.append(

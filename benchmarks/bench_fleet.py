@@ -281,6 +281,9 @@ def hot_path(rounds: int, calls: int, redis_url: str) -> dict[str, Any]:
     }
     try:
         samples: dict[str, list[float]] = per_request_seconds(rounds, calls, cases)
+        calls_alone = store_calls(
+            4 * rounds, 5 * calls, {"InMemoryHealthStore": InMemoryHealthStore(), "RedisHealthStore": shared}
+        )
     finally:
         shared.close()
     inner = samples["inner alone"]
@@ -295,7 +298,37 @@ def hot_path(rounds: int, calls: int, redis_url: str) -> dict[str, Any]:
         },
         "redis_minus_memory_us": spread([(r - m) * 1e6 for r, m in paired]),
         "best_round_us": {name: min(samples[name]) * 1e6 for name in samples},
+        "store_calls_ns": {name: spread([v * 1e9 for v in values]) for name, values in calls_alone.items()},
+        "store_calls_redis_minus_memory_ns": spread(
+            [
+                (r - m) * 1e9
+                for r, m in zip(calls_alone["RedisHealthStore"], calls_alone["InMemoryHealthStore"], strict=True)
+            ]
+        ),
     }
+
+
+def store_calls(rounds: int, calls: int, stores: dict[str, HealthStore]) -> dict[str, list[float]]:
+    """Seconds per request of the store calls a success makes: ``blocked()`` on 3 backends, then
+    ``count_success()`` on the one that answered. Without the transport around them, far less noisy."""
+    keys = [f"https://b{i}.example.com" for i in range(3)]
+
+    def per_request(store: HealthStore) -> float:
+        started = time.perf_counter()
+        for _ in range(calls):
+            now = time.monotonic()
+            for key in keys:
+                store.blocked(key, "gpt-4o", now)
+            store.count_success(keys[0], "gpt-4o", now)
+        return (time.perf_counter() - started) / calls
+
+    for store in stores.values():
+        per_request(store)
+    samples: dict[str, list[float]] = {name: [] for name in stores}
+    for _ in range(rounds):
+        for name in random.sample(list(stores), len(stores)):
+            samples[name].append(per_request(stores[name]))
+    return samples
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
