@@ -10,7 +10,7 @@ import time
 from types import TracebackType
 
 import redis
-from _servers import pin
+from _servers import pin, stop
 
 
 class RedisProcess:
@@ -51,12 +51,7 @@ class RedisProcess:
             return False
 
     def close(self) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop(self._process)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> RedisProcess:

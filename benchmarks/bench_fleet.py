@@ -38,7 +38,7 @@ import openai
 from _redis_server import RedisProcess
 from _servers import ServerProcess
 from _systems import API_KEY, API_VERSION
-from bench_overhead import _InMemory, _transport, per_request_seconds, spread
+from bench_overhead import _InMemory, _transport, interleaved, per_request_seconds, spread
 from bench_spillover import Outcome, Scenario, _analyse, _drive_async, _percentile
 
 import openai_lb
@@ -322,13 +322,7 @@ def store_calls(rounds: int, calls: int, stores: dict[str, HealthStore]) -> dict
             store.count_success(keys[0], "gpt-4o", now)
         return (time.perf_counter() - started) / calls
 
-    for store in stores.values():
-        per_request(store)
-    samples: dict[str, list[float]] = {name: [] for name in stores}
-    for _ in range(rounds):
-        for name in random.sample(list(stores), len(stores)):
-            samples[name].append(per_request(stores[name]))
-    return samples
+    return interleaved(rounds, stores, per_request)
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -20,6 +20,7 @@ from _systems import async_client, sync_client
 import openai_lb
 from openai_lb import Backend, HealthStore, InMemoryHealthStore
 
+T = TypeVar("T")
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
 
@@ -106,13 +107,17 @@ def per_request_seconds(
             transport.handle_request(request)
         return (time.perf_counter() - started) / calls
 
-    built = {name: make() for name, make in cases.items()}
-    for transport in built.values():
-        per_request(transport)
-    samples: dict[str, list[float]] = {name: [] for name in built}
+    return interleaved(rounds, {name: make() for name, make in cases.items()}, per_request)
+
+
+def interleaved(rounds: int, subjects: dict[str, T], measure: Callable[[T], float]) -> dict[str, list[float]]:
+    """``measure`` of every subject once as a warm-up, then once per round, in random order per round."""
+    for subject in subjects.values():
+        measure(subject)
+    samples: dict[str, list[float]] = {name: [] for name in subjects}
     for _ in range(rounds):
-        for name in random.sample(list(built), len(built)):
-            samples[name].append(per_request(built[name]))
+        for name in random.sample(list(subjects), len(subjects)):
+            samples[name].append(measure(subjects[name]))
     return samples
 
 

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 import venv
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,7 @@ def measure(quick: bool, only: str | None = None, earlier: dict[str, Any] | None
     systems = ["plain", "openai_lb-1", "openai_lb-3", "priority-lb"]
     command = " ".join(["python benchmarks/run.py", *(["--quick"] if quick else [])])
     results: dict[str, Any] = {"machine": _machine(), "quick": quick, "command": command}
-    steps = [
+    steps: list[tuple[str, Callable[[], Any]]] = [
         ("sdk_sequential", lambda: overhead.sdk_sequential(5 if quick else 15, 100 if quick else 300, systems)),
         ("isolated", lambda: overhead.isolated(5 if quick else 15, 2000 if quick else 20000, [3, 30, 300])),
         ("async_concurrency", lambda: overhead.async_concurrency(2 if quick else 6, [1, 10, 100, 1000], systems)),
@@ -108,10 +110,7 @@ def measure(quick: bool, only: str | None = None, earlier: dict[str, Any] | None
     for scenario, driver in scenarios[:1] if quick else scenarios:
         for system in ("openai_lb", "priority-lb", "round-robin"):
             steps.append(
-                (
-                    f"spillover/{scenario.name}/{driver}/{system}",
-                    lambda s=scenario, d=driver, y=system: spillover.simulate(s, y, d),
-                )
+                (f"spillover/{scenario.name}/{driver}/{system}", partial(spillover.simulate, scenario, system, driver))
             )
     steps.append(("fleet", lambda: bench_fleet.fleet(quick)))
     if only is not None:
