@@ -160,7 +160,99 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
             )
         )
     out.append("\n![Requests per second by backend](spillover.png)\n")
+    if "fleet" in results:  # results from before the fleet benchmark have none
+        out.append("\n" + fleet_markdown(results["fleet"]) + "\n![PTU 429s per window by fleet size](fleet.png)\n")
     return "".join(out)
+
+
+def fleet_markdown(fleet: dict[str, Any]) -> str:
+    """The fleet benchmark's section: balancing, propagation and hot-path cost."""
+    paygo = " and ".join(f"{b}" for b in fleet["paygo_budgets"])
+    measured = fleet.get("measured")
+    out = [
+        "## Fleet-wide balancing\n\n"
+        + (
+            f"Measured apart from the rest by `{measured['command']}` on {measured['machine']['date']} "
+            f"(openai_lb {measured['machine']['openai_lb']}, Python {measured['machine']['python']}). "
+            if measured
+            else ""
+        )
+        + f"W worker processes, each with its own client, share a PTU with a budget of {fleet['ptu_budget']} "
+        f"requests per {fleet['window']:g}-second window and two pay-as-you-go deployments ({paygo} per window); "
+        f"{fleet['rate']:g} requests/s offered in all (Poisson, split evenly over the workers) for "
+        f"{fleet['duration']:g} s, {fleet['rounds']} round(s) in random order. *PTU 429s per window*: the 429s the "
+        "PTU answered per whole window (each worker that has not heard of the spent budget spends a request "
+        "learning it). Targets: 100 % answered, ≥ 98 % utilisation, ≤ 1.5 PTU 429s per window with Redis at "
+        "W = 8.\n",
+    ]
+    out.append(
+        _table(
+            ["workers", "store", "answered", "PTU utilisation", "PTU 429s per window", "p99 ms"],
+            [
+                [
+                    str(row["workers"]),
+                    row["store"],
+                    _range(row["success_share"], "{:.1%}"),
+                    _range(row["ptu_utilisation"], "{:.1%}"),
+                    _range(row["ptu_429s_per_window"], "{:.2f}") if "ptu_429s_per_window" in row else "–",
+                    _range(row["p99_ms"], "{:.0f}") if row["p99_ms"] else "–",
+                ]
+                for row in fleet["summary"]
+            ],
+        )
+    )
+    prop = fleet["propagation"]
+    out.append(
+        f"\n**Propagation** ({prop['received']} of {prop['samples']} blocks seen): one process calls "
+        "`store.block(...)` on its `RedisHealthStore`, another process's store applies it from Redis (its "
+        "`on_event` hook fires once its memory holds the block); the delay between the two, on the host's "
+        f"monotonic clock that both share: p50 {_opt_ms(prop['p50_ms'])}, p99 {_opt_ms(prop['p99_ms'])}, max "
+        f"{_opt_ms(prop['max_ms'])} (target: p99 ≤ 10 ms).\n"
+    )
+    hot = fleet["hot_path"]
+    out.append(
+        f"\n**Hot path**: the isolated transport benchmark (3 backends, PTU + spares, every answer a success; "
+        f"inner transport alone {_range(hot['inner_us'], '{:.1f}')} µs), {hot['rounds']} rounds of "
+        f"{hot['calls_per_round']:,} requests. Target: Redis within 1 µs of in-memory.\n"
+    )
+    out.append(
+        _table(
+            ["store", "µs added per request"],
+            [[name, _range(stat, "{:.2f}")] for name, stat in hot["added_us"].items()]
+            + [
+                [
+                    "RedisHealthStore − InMemoryHealthStore (paired by round)",
+                    _range(hot["redis_minus_memory_us"], "{:.2f}"),
+                ]
+            ],
+        )
+    )
+    if "best_round_us" in hot:
+        best = hot["best_round_us"]
+        out.append(
+            f"\nFastest round, µs per request (the least disturbed by other work on the host): inner alone "
+            f"{best['inner alone']:.1f}, InMemoryHealthStore {best['InMemoryHealthStore']:.1f}, RedisHealthStore "
+            f"{best['RedisHealthStore']:.1f}.\n"
+        )
+    if "store_calls_ns" in hot:
+        alone = hot["store_calls_ns"]
+        out.append(
+            "\nThe store's calls alone (`blocked()` on 3 backends and `count_success()`, what a success asks of "
+            f"it), ns per request: InMemoryHealthStore {_range(alone['InMemoryHealthStore'], '{:.0f}')}, "
+            f"RedisHealthStore {_range(alone['RedisHealthStore'], '{:.0f}')}; difference paired by round "
+            f"{_range(hot['store_calls_redis_minus_memory_ns'], '{:.0f}')}.\n"
+        )
+    if "load_average" in fleet:
+        load = fleet["load_average"]
+        out.append(
+            f"\nLoad average of the host as the fleet benchmark ended: {load['1 min']:.1f} (1 min), "
+            f"{load['5 min']:.1f} (5 min), on {load['cores']} cores.\n"
+        )
+    return "".join(out)
+
+
+def _opt_ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f} ms"
 
 
 def _opt(value: float | None) -> str:
@@ -198,5 +290,50 @@ def plot(results: dict[str, Any], path: Path) -> None:
         axis.legend(loc="upper right", fontsize="small")
     (axes[-1] if len(runs) > 1 else axes).set_xlabel("seconds since the PTU's first window began")
     fig.suptitle(f"Spill-over: {scenario}, {runs[0]['rate']:g} requests/s offered (asyncio)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_fleet(results: dict[str, Any], path: Path) -> None:
+    """PTU 429s per window against the fleet's size, per store; and window by window at the largest size."""
+    fleet = results.get("fleet")
+    if not fleet:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_size, by_window) = plt.subplots(1, 2, figsize=(11, 3.8))
+    largest = max(row["workers"] for row in fleet["summary"])
+    for store in dict.fromkeys(row["store"] for row in fleet["summary"]):
+        rows = [r for r in fleet["summary"] if r["store"] == store and "ptu_429s_per_window" in r]
+        stats = [r["ptu_429s_per_window"] for r in rows]
+        by_size.errorbar(
+            [r["workers"] for r in rows],
+            [s["median"] for s in stats],
+            yerr=[[s["median"] - s["min"] for s in stats], [s["max"] - s["median"] for s in stats]],
+            marker="o",
+            capsize=3,
+            label=store,
+        )
+        for run in (r for r in fleet["runs"] if r["store"] == store and r["workers"] == largest):
+            series = run["ptu_429s_by_window"]
+            by_window.step(range(1, len(series) + 1), series, where="mid", label=f"{store}, round {run['round'] + 1}")
+    by_size.set_xlabel("worker processes (W)")
+    by_size.set_ylabel("PTU 429s per window")
+    by_size.set_xticks(sorted({row["workers"] for row in fleet["summary"]}))
+    by_size.set_title("median over rounds (bars: min–max)")
+    by_window.set_xlabel("PTU window")
+    by_window.set_ylabel("PTU 429s")
+    by_window.set_title(f"W = {largest}, window by window")
+    for axis in (by_size, by_window):
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    fig.suptitle(
+        f"Fleet sharing a PTU ({fleet['ptu_budget']} per {fleet['window']:g} s window), "
+        f"{fleet['rate']:g} requests/s offered: in-memory state vs Redis"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -21,6 +21,16 @@ def pin(core: int, pid: int = 0) -> None:
         os.sched_setaffinity(pid, {core})
 
 
+def stop(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, and SIGKILL if the process is still there 10 seconds later."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class FastServer:
     """The minimal uvicorn server of ``_asgi.py`` in a child process; ``url(name)`` is one backend."""
 
@@ -45,12 +55,7 @@ class FastServer:
         return f"http://127.0.0.1:{self.port}/{name}"
 
     def close(self) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop(self._process)
 
     def __enter__(self) -> FastServer:
         return self

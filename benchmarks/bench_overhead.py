@@ -10,7 +10,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -18,8 +18,9 @@ from _servers import FastServer
 from _systems import async_client, sync_client
 
 import openai_lb
-from openai_lb import Backend, InMemoryHealthStore
+from openai_lb import Backend, HealthStore, InMemoryHealthStore
 
+T = TypeVar("T")
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
 
@@ -71,9 +72,9 @@ class _InMemory(httpx.BaseTransport):
         return httpx.Response(200, content=self.body, request=request)
 
 
-def _transport(count: int, *, tiered: bool) -> openai_lb.HTTPXTransport:
+def _transport(count: int, *, tiered: bool, store: HealthStore | None = None) -> openai_lb.HTTPXTransport:
     backends = [Backend(f"https://b{i}.example.com", priority=1 if (i == 0 or not tiered) else 2) for i in range(count)]
-    return openai_lb.HTTPXTransport(backends, transport=_InMemory(), health_store=InMemoryHealthStore())
+    return openai_lb.HTTPXTransport(backends, transport=_InMemory(), health_store=store or InMemoryHealthStore())
 
 
 def _sdk_request() -> httpx.Request:
@@ -94,8 +95,10 @@ def _sdk_request() -> httpx.Request:
     return captured[0]
 
 
-def isolated(rounds: int, calls: int, counts: list[int]) -> dict[str, Any]:
-    """The balancing transport over an in-memory inner transport vs that inner transport alone."""
+def per_request_seconds(
+    rounds: int, calls: int, cases: dict[str, Callable[[], httpx.BaseTransport]]
+) -> dict[str, list[float]]:
+    """Seconds per request of each transport sending the SDK's request, per round, in random order per round."""
     request = _sdk_request()
 
     def per_request(transport: httpx.BaseTransport) -> float:
@@ -104,17 +107,27 @@ def isolated(rounds: int, calls: int, counts: list[int]) -> dict[str, Any]:
             transport.handle_request(request)
         return (time.perf_counter() - started) / calls
 
+    return interleaved(rounds, {name: make() for name, make in cases.items()}, per_request)
+
+
+def interleaved(rounds: int, subjects: dict[str, T], measure: Callable[[T], float]) -> dict[str, list[float]]:
+    """``measure`` of every subject once as a warm-up, then once per round, in random order per round."""
+    for subject in subjects.values():
+        measure(subject)
+    samples: dict[str, list[float]] = {name: [] for name in subjects}
+    for _ in range(rounds):
+        for name in random.sample(list(subjects), len(subjects)):
+            samples[name].append(measure(subjects[name]))
+    return samples
+
+
+def isolated(rounds: int, calls: int, counts: list[int]) -> dict[str, Any]:
+    """The balancing transport over an in-memory inner transport vs that inner transport alone."""
     cases: dict[str, Callable[[], httpx.BaseTransport]] = {"inner alone": _InMemory}
     for count in counts:
         cases[f"{count} backends, PTU + spares"] = lambda c=count: _transport(c, tiered=True)
         cases[f"{count} backends, one tier"] = lambda c=count: _transport(c, tiered=False)
-    built = {name: make() for name, make in cases.items()}
-    for transport in built.values():
-        per_request(transport)
-    samples: dict[str, list[float]] = {name: [] for name in built}
-    for _ in range(rounds):
-        for name in random.sample(list(built), len(built)):
-            samples[name].append(per_request(built[name]))
+    samples = per_request_seconds(rounds, calls, cases)
     inner = samples["inner alone"]
     return {
         "calls_per_round": calls,

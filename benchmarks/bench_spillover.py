@@ -68,7 +68,11 @@ class Outcome:
     ok: bool
 
 
-def _drive_async(client: openai.AsyncAzureOpenAI, scenario: Scenario) -> list[Outcome]:
+def _drive_async(
+    client: openai.AsyncAzureOpenAI, scenario: Scenario, *, seed: int = 7, start: float | None = None
+) -> list[Outcome]:
+    """Send the scenario's arrivals from ``start`` (a ``time.monotonic()`` reading; default: in 0.2 s)."""
+
     async def one(at: float) -> Outcome:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         arrived = time.monotonic()
@@ -80,8 +84,8 @@ def _drive_async(client: openai.AsyncAzureOpenAI, scenario: Scenario) -> list[Ou
         return Outcome(arrived, time.monotonic(), ok)
 
     async def run() -> list[Outcome]:
-        start = time.monotonic() + 0.2
-        outcomes = await asyncio.gather(*(one(start + offset) for offset in arrival_times(scenario)))
+        begin = time.monotonic() + 0.2 if start is None else start
+        outcomes = await asyncio.gather(*(one(begin + offset) for offset in arrival_times(scenario, seed)))
         await client.close()
         return list(outcomes)
 
