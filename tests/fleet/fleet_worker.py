@@ -115,7 +115,7 @@ def _run(index: int, job: Job, inbox: Any, outbox: Any) -> list[Outcome]:
         start = time.monotonic() + index * job.stagger
         for number in range(job.requests):
             time.sleep(max(0.0, start + number * job.interval - time.monotonic()))
-            for client, outcome in zip(clients, outcomes):
+            for client, outcome in zip(clients, outcomes, strict=True):
                 try:
                     raw = client.chat.completions.with_raw_response.create(
                         model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
@@ -124,7 +124,7 @@ def _run(index: int, job: Job, inbox: Any, outbox: Any) -> list[Outcome]:
                 except Exception as error:
                     outcome.errors.append(f"{type(error).__name__}: {error}")
         ended = time.monotonic()
-        for client, plan, outcome in zip(clients, job.plans, outcomes):
+        for client, plan, outcome in zip(clients, job.plans, outcomes, strict=True):
             if plan.watch is not None:
                 cooling = _cooling(client, plan.watch)
                 if _wait(cooling, job.watch_timeout, None):
@@ -174,7 +174,9 @@ class Fleet:
         self.outbox: Any = context.Queue()
         self.inboxes: list[Any] = [context.Queue() for _ in range(size)]
         self.processes = [
-            context.Process(target=serve, args=(index, warmup, inbox, self.outbox), name=f"fleet-worker-{index}", daemon=True)
+            context.Process(
+                target=serve, args=(index, warmup, inbox, self.outbox), name=f"fleet-worker-{index}", daemon=True
+            )
             for index, inbox in enumerate(self.inboxes)
         ]
 
@@ -193,7 +195,7 @@ class Fleet:
         self.close()
 
     def close(self) -> None:
-        for inbox, process in zip(self.inboxes, self.processes):
+        for inbox, process in zip(self.inboxes, self.processes, strict=True):
             if process.is_alive():
                 inbox.put(None)
         for process in self.processes:
