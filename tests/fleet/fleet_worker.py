@@ -7,6 +7,7 @@ so a worker's time is spent on requests, not on importing the SDK.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import queue
 import time
@@ -62,6 +63,17 @@ class Outcome:
     """Seconds from the end of the requests until the watched backend was seen cooling; None: never."""
     ignored: int | None = None
     """A Redis store's count of values in the namespace it ignored."""
+    warnings: list[str] = field(default_factory=list)
+    """WARNING messages of the ``openai_lb`` logger in this worker during the job (all plans')."""
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def serve(index: int, warmup: str, inbox: Any, outbox: Any) -> None:
@@ -103,6 +115,8 @@ def _run(index: int, job: Job, inbox: Any, outbox: Any) -> list[Outcome]:
     import openai_lb
 
     clients = [_client(plan) for plan in job.plans]
+    warnings = _Warnings()
+    logging.getLogger("openai_lb").addHandler(warnings)
     try:
         for client in clients:
             store = client.balancer.store
@@ -135,8 +149,10 @@ def _run(index: int, job: Job, inbox: Any, outbox: Any) -> list[Outcome]:
             store = client.balancer.store
             if isinstance(store, openai_lb.RedisHealthStore):
                 outcome.ignored = store.ignored
+            outcome.warnings = warnings.messages
         return outcomes
     finally:
+        logging.getLogger("openai_lb").removeHandler(warnings)
         for client in clients:
             client.close()
             store = client.balancer.store

@@ -202,6 +202,9 @@ def test_redis_killed_and_restarted_mid_run_fails_no_request_and_sharing_resumes
         assert sum(outcome.answered_by.values()) == requests, f"worker {worker} lost requests: {outcome}"
         assert outcome.learned_after is not None, f"worker {worker} never learned the canary's cooldown: {outcome}"
         assert outcome.attempts["canary"] == 0, "the canary was only to be learned about, never used"
+        # Proof that the worker went through the outage, failing open with one warning.
+        assert len(outcome.warnings) == 1, f"worker {worker}: {outcome.warnings}"
+        assert "health store" in outcome.warnings[0], outcome.warnings
     print("seconds after its requests until each worker learned the cooldown:", [o[0].learned_after for o in results])
 
 
