@@ -43,21 +43,6 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture
-def fakes() -> Iterator[Any]:
-    started: list[FakeAzureOpenAI] = []
-
-    def start(name: str, **options: Any) -> FakeAzureOpenAI:
-        server = FakeAzureOpenAI(name=name, deployments={"gpt-4o"}, **options)
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 def no_errors(results: list[list[Outcome]]) -> None:
     errors = [(worker, error) for worker, outcomes in enumerate(results) for o in outcomes for error in o.errors]
     assert not errors, f"requests failed: {errors[:5]} ({len(errors)} in all)"
@@ -78,24 +63,39 @@ def rejections_per_window(ptu: FakeAzureOpenAI) -> tuple[float, int]:
     return sum(per_window.values()) / len(per_window), len(per_window)
 
 
+def side_by_side(
+    preferred: tuple[str, str, str],
+    fallback: tuple[str, str],
+    store: str,
+    *,
+    requests: int,
+    interval: float,
+    breaker: float = 5.0,
+) -> Job:
+    """The same load through a client on per-process memory and one on the Redis ``store``.
+
+    ``preferred`` is (name, URL for the memory client, URL for the Redis client) at priority 1, so each
+    client has a server of its own to count on; ``fallback`` (name, URL) is shared, at priority 2.
+    """
+    name, memory_url, redis_url = preferred
+    plans = tuple(
+        Plan(((name, url, 1), (*fallback, 2)), store=where, breaker=breaker)
+        for url, where in ((memory_url, None), (redis_url, store))
+    )
+    return Job(plans, requests=requests, interval=interval, stagger=interval / WORKERS)
+
+
 @pytest.mark.timeout(90)
 def test_ptu_429s_fall_to_about_one_per_window_across_the_fleet_with_redis(
-    fleet: Fleet, redis_server: RedisServer, fakes: Any
+    fleet: Fleet, redis_server: RedisServer, servers: Any
 ) -> None:
     budget = 2
-    ptu_memory = fakes("ptu-memory", budget=budget, window=WINDOW)
-    ptu_redis = fakes("ptu-redis", budget=budget, window=WINDOW)
-    payg = fakes("payg")
+    ptu_memory = servers("ptu-memory", budget=budget, window=WINDOW)
+    ptu_redis = servers("ptu-redis", budget=budget, window=WINDOW)
+    payg = servers("payg")
     interval, requests = 0.2, 40  # 5 requests a second per worker and client, for 8 s: 8 windows
-    job = Job(
-        plans=(
-            Plan((("ptu", ptu_memory.url, 1), ("payg", payg.url, 2)), store=None),
-            Plan((("ptu", ptu_redis.url, 1), ("payg", payg.url, 2)), store=redis_server.url),
-        ),
-        requests=requests,
-        interval=interval,
-        stagger=interval / WORKERS,
-    )
+    ptu = ("ptu", ptu_memory.url, ptu_redis.url)
+    job = side_by_side(ptu, ("payg", payg.url), redis_server.url, requests=requests, interval=interval)
     results = fleet.run(job, timeout=60)
     no_errors(results)
     for worker, (memory, shared) in enumerate(results):
@@ -117,22 +117,13 @@ def test_ptu_429s_fall_to_about_one_per_window_across_the_fleet_with_redis(
 
 @pytest.mark.timeout(90)
 def test_a_refused_backend_is_skipped_by_every_worker_after_one_worker_saw_it(
-    fleet: Fleet, redis_server: RedisServer, fakes: Any
+    fleet: Fleet, redis_server: RedisServer, servers: Any
 ) -> None:
-    healthy = fakes("healthy")
+    healthy = servers("healthy")
     breaker, interval, requests = 1.0, 0.1, 30
-    job = Job(
-        plans=(
-            Plan((("refused", closed_port_url(), 1), ("healthy", healthy.url, 2)), store=None, breaker=breaker),
-            Plan(
-                (("refused", closed_port_url(), 1), ("healthy", healthy.url, 2)),
-                store=redis_server.url,
-                breaker=breaker,
-            ),
-        ),
-        requests=requests,
-        interval=interval,
-        stagger=interval / WORKERS,
+    refused = ("refused", closed_port_url(), closed_port_url())
+    job = side_by_side(
+        refused, ("healthy", healthy.url), redis_server.url, requests=requests, interval=interval, breaker=breaker
     )
     results = fleet.run(job, timeout=60)
     no_errors(results)
@@ -155,11 +146,11 @@ def test_a_refused_backend_is_skipped_by_every_worker_after_one_worker_saw_it(
 
 @pytest.mark.timeout(120)
 def test_redis_killed_and_restarted_mid_run_fails_no_request_and_sharing_resumes(
-    fleet: Fleet, redis_server: RedisServer, fakes: Any
+    fleet: Fleet, redis_server: RedisServer, servers: Any
 ) -> None:
-    ptu = fakes("ptu", budget=3, window=WINDOW)
-    payg = fakes("payg")
-    canary = fakes("canary")
+    ptu = servers("ptu", budget=3, window=WINDOW)
+    payg = servers("payg")
+    canary = servers("canary")
     interval, requests = 0.1, 40
     backends = (("ptu", ptu.url, 1), ("payg", payg.url, 2), ("canary", canary.url, 3))
     job = Job(
@@ -210,10 +201,10 @@ def test_redis_killed_and_restarted_mid_run_fails_no_request_and_sharing_resumes
 
 @pytest.mark.timeout(60)
 def test_a_wrong_password_fails_open_with_one_warning_and_never_shows_the_password(
-    fakes: Any, caplog: pytest.LogCaptureFixture
+    servers: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret, wrong = "Fleet-Server-Secret-1", "Fleet-Wrong-Secret-2"
-    payg = fakes("payg")
+    payg = servers("payg")
     with RedisServer(password=secret) as server:
         url = server.url.replace(secret, wrong)
         with caplog.at_level(logging.DEBUG, logger="openai_lb"):
@@ -256,10 +247,10 @@ def test_a_wrong_password_fails_open_with_one_warning_and_never_shows_the_passwo
 
 @pytest.mark.timeout(60)
 def test_garbage_in_the_namespace_is_ignored_and_counted_and_clients_keep_sharing(
-    redis_server: RedisServer, fakes: Any
+    redis_server: RedisServer, servers: Any
 ) -> None:
-    ptu = fakes("ptu")
-    payg = fakes("payg")
+    ptu = servers("ptu")
+    payg = servers("payg")
     prefix = "openai_lb:v1:"  # a URL's store uses the default namespace
     key = openai_lb.Backend(ptu.url).key
     redis: Any = redis_server.client()
