@@ -29,6 +29,7 @@ from ._check import (
     BackendCheck,
     CheckReport,
     DeploymentCheck,
+    StoreCheck,
     check_backends,
     check_proxy,
 )
@@ -254,8 +255,10 @@ def check(
     """Probe every backend without spending tokens: reachable, credential accepted, deployments present.
 
     A backend uses its own key (api_key_env in the file), else $AZURE_OPENAI_AD_TOKEN, else $AZURE_OPENAI_API_KEY.
+    With $OPENAI_LB_HEALTH_STORE set, the shared health store is checked too (read only).
 
-    Exit status: 0 all passed, 1 a backend has a problem, 2 a bad file or option, 3 an internal error, 130 interrupted.
+    Exit status: 0 all passed, 1 a backend or the health store has a problem, 2 a bad file or option,
+    3 an internal error, 130 interrupted.
     """
     try:
         backends = load_backends(config)
@@ -340,12 +343,39 @@ def _heading(report: CheckReport, source: str) -> str:
 
 def _summary(report: CheckReport) -> str:
     passed = sum(backend.ok for backend in report.backends)
-    return f"{passed} of {len(report.backends)} backends passed (api-version {report.api_version})."
+    store = "" if report.store is None else f", the health store {'passed' if report.store.ok else 'failed'}"
+    return f"{passed} of {len(report.backends)} backends passed{store} (api-version {report.api_version})."
+
+
+@dataclass(frozen=True, slots=True)
+class _StoreRow:
+    """The health store's results in words, shared by the plain line and the table."""
+
+    name: str
+    reach: str
+    latency: str
+    credential: str
+    keys: str
+
+
+def _store_row(store: StoreCheck) -> _StoreRow:
+    name = f"{store.url} (namespace {store.namespace})" if store.url else "$OPENAI_LB_HEALTH_STORE"
+    reach = "reachable" if store.reachable else store.problem or "unreachable"
+    # Once reached, the problem is about the credentials or the commands.
+    trouble = store.problem if store.reachable else None
+    credential = ", ".join(filter(None, ("authenticated" if store.authenticated else None, trouble)))
+    latency = "" if store.latency_ms is None else f"{store.latency_ms:.0f} ms"
+    keys = "" if store.keys is None else f"{store.keys} key(s) in the namespace"
+    return _StoreRow(name, reach, latency, credential, keys)
 
 
 def check_lines(report: CheckReport, source: str) -> list[str]:
     """Plain lines, one per backend and one per deployment, each starting with OK, FAIL or SKIP and the backend."""
     lines = [_heading(report, source)]
+    if report.store is not None:
+        store = _store_row(report.store)
+        facts = ", ".join(fact for fact in (store.reach, store.latency, store.credential, store.keys) if fact)
+        lines.append(f"{'OK' if report.store.ok else 'FAIL':<5} health store {store.name}: {facts}")
     for backend in report.backends:
         row = _row(backend)
         facts = ", ".join(fact for fact in (row.reach, row.latency, row.credential, *row.notes) if fact)
@@ -356,7 +386,7 @@ def check_lines(report: CheckReport, source: str) -> list[str]:
 
 
 def check_table(report: CheckReport, source: str) -> Table:
-    """The same facts as `check_lines`, one row per backend."""
+    """The same facts as `check_lines`, one row per backend and one for the health store."""
     table = Table(title=Text(_heading(report, source)), title_justify="left")
     for column in ("backend", "reachable", "latency", "credential", "deployments", "result"):
         table.add_column(column, justify="right" if column == "latency" else "left")
@@ -371,5 +401,16 @@ def check_table(report: CheckReport, source: str) -> Table:
             Text("\n".join(filter(None, (row.credential, *row.notes))), style="green" if row.healthy else "red"),
             deployments if row.deployments else Text("none named", style="dim"),
             Text("OK", style="bold green") if backend.ok else Text("FAIL", style="bold red"),
+        )
+    if report.store is not None:
+        ok, store = report.store.ok, _store_row(report.store)
+        table.add_section()
+        table.add_row(
+            Text(f"health store\n{store.name}"),
+            Text(store.reach, style="green" if report.store.reachable else "red"),
+            store.latency,
+            Text(store.credential, style="green" if ok else "red"),
+            Text(store.keys, style="dim"),
+            Text("OK", style="bold green") if ok else Text("FAIL", style="bold red"),
         )
     return table

@@ -1,10 +1,10 @@
-"""Shared fixtures: a fake clock, a fresh health store per test, and the HTTP stack under test."""
+"""Shared fixtures: a fake clock, a fresh health store per test, the HTTP stack under test, fake servers."""
 
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -14,7 +14,7 @@ from helpers import FakeClock
 import openai_lb
 from openai_lb._clients import transport_class
 from openai_lb._stacks import HttpStack, load_stack, sdk_stack
-from openai_lb.testing import reset_state
+from openai_lb.testing import FakeAzureOpenAI, reset_state
 
 
 @pytest.fixture
@@ -68,3 +68,23 @@ def http(stack: HttpStack) -> ModuleType:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+ServerFactory = Callable[..., FakeAzureOpenAI]
+
+
+@pytest.fixture
+def servers() -> Iterator[ServerFactory]:
+    """Start fake servers on demand (serving ``gpt-4o`` unless told); all are stopped after the test."""
+    started: list[FakeAzureOpenAI] = []
+
+    def start(name: str, **kwargs: Any) -> FakeAzureOpenAI:
+        kwargs.setdefault("deployments", {"gpt-4o"})
+        server = FakeAzureOpenAI(name=name, **kwargs)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -10,6 +10,9 @@ without it answers 404), the deployment probes decide.
 
 ``check_backends(load_backends("backends.toml"), api_version="2024-10-21").ok``
 
+When ``$OPENAI_LB_HEALTH_STORE`` names a shared health store, the report says whether it is reachable,
+takes the URL's credentials and how many keys its namespace holds (`_store`; nothing is written).
+
 The results (`_results`) are frozen dataclasses that never hold a credential, and whose text
 (server messages included) is safe to print; rendering them is the CLI's job. The probes live in
 `_probe`, the threads they run on in `_parallel`.
@@ -24,11 +27,13 @@ from urllib.parse import urlsplit
 
 from openai_lb._check._parallel import in_parallel
 from openai_lb._check._probe import Prober, deployments_to_check
-from openai_lb._check._results import BackendCheck, CheckReport, DeploymentCheck
+from openai_lb._check._results import BackendCheck, CheckReport, DeploymentCheck, StoreCheck
+from openai_lb._check._store import check_store
 from openai_lb._config import Backend
 from openai_lb._credentials import environment_credential
 from openai_lb._errors import ConfigurationError
 from openai_lb._stacks import sdk_stack
+from openai_lb._stores import STORE_ENV
 
 __all__ = [
     "API_VERSION_ENV",
@@ -36,6 +41,7 @@ __all__ = [
     "BackendCheck",
     "CheckReport",
     "DeploymentCheck",
+    "StoreCheck",
     "check_backends",
     "check_proxy",
     "deployments_to_check",
@@ -85,7 +91,7 @@ def check_backends(
     backends' mapped ones. Like the balanced clients, the probes ignore proxy environment variables:
     ``proxy`` sends them through one. ``transport`` replaces the HTTP library's own (tests pass a mock).
     Raises `ConfigurationError` for a bad ``proxy`` (see `check_proxy`); every backend's own trouble is
-    in its result.
+    in its result. When ``environ`` has ``$OPENAI_LB_HEALTH_STORE``, the report's ``store`` checks it.
 
     An interrupt (Ctrl-C) returns at once: probes still running are left to end on their timeout (their
     threads do not keep the process alive).
@@ -118,7 +124,12 @@ def check_backends(
             hidden=(proxy_parts.password,) if proxy_parts and proxy_parts.password else (),
         )
         results = in_parallel(prober.backend, backends, name="openai-lb-check")
+    store_url = env.get(STORE_ENV)
+    store = None
+    if store_url:
+        # On a daemon thread as the probes, so that an interrupt need not wait for a silent server.
+        store = in_parallel(lambda url: check_store(url, timeout=timeout), [store_url], name="openai-lb-check-store")[0]
     shown_proxy = None
     if proxy_parts is not None:
         shown_proxy = proxy_parts._replace(netloc=proxy_parts.netloc.rpartition("@")[2]).geturl()
-    return CheckReport(api_version=api_version, backends=tuple(results), proxy=shown_proxy)
+    return CheckReport(api_version=api_version, backends=tuple(results), proxy=shown_proxy, store=store)

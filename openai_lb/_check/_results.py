@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["BackendCheck", "CheckReport", "Credential", "DeploymentCheck", "Reach", "Verdict"]
+__all__ = ["BackendCheck", "CheckReport", "Credential", "DeploymentCheck", "Reach", "StoreCheck", "Verdict"]
 
 Credential = Literal["backend key", "token provider", "$AZURE_OPENAI_API_KEY", "$AZURE_OPENAI_AD_TOKEN"]
 Reach = Literal["answered", "no answer", "unreachable", "not probed", "unknown"]
@@ -68,12 +68,35 @@ class BackendCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreCheck:
+    """Whether this machine can use the health store ``$OPENAI_LB_HEALTH_STORE`` names. ``ok`` without a problem."""
+
+    url: str | None
+    """Without password or query; None when the URL could not be read (the redis package missing)."""
+    namespace: str
+    reachable: bool
+    authenticated: bool | None
+    """Whether the server took commands with the URL's credentials (or none); None when not reached."""
+    keys: int | None
+    """Keys in the namespace: cooldowns and breakers the fleet holds now."""
+    latency_ms: float | None
+    """From connecting to the answer to ``PING``."""
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+@dataclass(frozen=True, slots=True)
 class CheckReport:
     api_version: str
     backends: tuple[BackendCheck, ...]
     proxy: str | None = None
     """The proxy the probes went through, without any user:password part."""
+    store: StoreCheck | None = None
+    """The shared health store, when ``$OPENAI_LB_HEALTH_STORE`` names one."""
 
     @property
     def ok(self) -> bool:
-        return all(backend.ok for backend in self.backends)
+        return all(backend.ok for backend in self.backends) and (self.store is None or self.store.ok)

@@ -1,4 +1,4 @@
-"""End-to-end fixtures: fake Azure OpenAI servers on 127.0.0.1 and balanced SDK clients over them."""
+"""End-to-end fixtures: balanced SDK clients over the fake Azure OpenAI servers (``servers``, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,31 +13,10 @@ from helpers import FakeClock
 import openai_lb
 from openai_lb import Backend, InMemoryHealthStore, Policy
 from openai_lb._stacks import HttpStack
-from openai_lb.testing import FakeAzureOpenAI
 
 API_VERSION = "2024-10-21"
 CLIENT_KEY = "client-key"
 LEGACY_HTTPX = os.environ.get("OPENAI_LB_TEST_HTTP_STACK") == "httpx"
-
-ServerFactory = Callable[..., FakeAzureOpenAI]
-
-
-@pytest.fixture
-def servers() -> Iterator[ServerFactory]:
-    """Start fake servers on demand; all are stopped after the test."""
-    started: list[FakeAzureOpenAI] = []
-
-    def start(name: str, **kwargs: Any) -> FakeAzureOpenAI:
-        kwargs.setdefault("deployments", {"gpt-4o"})
-        server = FakeAzureOpenAI(name=name, **kwargs)
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
 
 ClientFactory = Callable[..., Any]
 

@@ -82,21 +82,6 @@ def telemetry() -> Iterator[Telemetry]:
 
 
 @pytest.fixture
-def servers() -> Iterator[Any]:
-    started: list[FakeAzureOpenAI] = []
-
-    def start(name: str) -> FakeAzureOpenAI:
-        server = FakeAzureOpenAI(name=name, deployments={"gpt-4o"})
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
 def client_with() -> Iterator[Any]:
     """Make balanced sync clients reporting to a hook; all are closed after the test."""
     made: list[openai.AzureOpenAI] = []
