@@ -25,6 +25,7 @@ from ._errors import ConfigurationError
 
 __all__ = [
     "BACKEND_WIDE",
+    "DEFAULT_NAMESPACE",
     "BackendHealth",
     "Block",
     "HealthStore",
@@ -37,6 +38,9 @@ __all__ = [
 
 Reason = Literal["rate_limited", "deployment_missing", "failure"]
 """Why something is blocked: a 429, a DeploymentNotFound, or the circuit breaker."""
+
+DEFAULT_NAMESPACE = "openai_lb"
+"""The namespace a store shared across processes uses unless told another (its keys' prefix)."""
 
 BACKEND_WIDE = None
 """The ``deployment`` argument that means the whole backend (the circuit breaker)."""

@@ -52,7 +52,7 @@ from redis.retry import Retry
 from ._config import Policy
 from ._errors import ConfigurationError
 from ._events import BackendCooled, Event, EventHook, StoreDisconnected, StoreReconnected, emit, hooks_from
-from ._health import BACKEND_WIDE, Block, InMemoryHealthStore, Reason, Trip
+from ._health import BACKEND_WIDE, DEFAULT_NAMESPACE, Block, InMemoryHealthStore, Reason, Trip
 from ._logging import log_event
 
 __all__ = ["SCHEMES", "VERSION", "RedisHealthStore", "display_url"]
@@ -198,7 +198,7 @@ class RedisHealthStore(InMemoryHealthStore):
         self,
         url: str,
         *,
-        namespace: str = "openai_lb",
+        namespace: str = DEFAULT_NAMESPACE,
         max_cooldown: float | None = None,
         on_event: EventHook | Iterable[EventHook] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -225,7 +225,10 @@ class RedisHealthStore(InMemoryHealthStore):
         super().__init__(max_entries=max_entries)
         self.namespace = namespace
         self._prefix = f"{namespace}:v{VERSION}:"
-        self._channel = f"{self._prefix}events"
+        # Keys live in one database, but pub/sub is server-wide: the channel names the database too, so
+        # fleets on redis://h/1 and redis://h/2 stay apart.
+        db = self._client.connection_pool.connection_kwargs.get("db", 0)
+        self._channel = f"{self._prefix}db{db}:events"
         self._keep_ms = math.ceil(self.max_cooldown * 1000)
         self._hooks: tuple[EventHook, ...] = (log_event, *hooks_from(on_event))
         self._clock = clock
@@ -285,6 +288,11 @@ class RedisHealthStore(InMemoryHealthStore):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel the stores of this namespace (and database) publish on."""
+        return self._channel
 
     # -- the HealthStore protocol: memory first, Redis in the background
 

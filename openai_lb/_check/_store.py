@@ -12,10 +12,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from openai_lb._check._results import StoreCheck
+from openai_lb._health import DEFAULT_NAMESPACE
 
 __all__ = ["DEFAULT_NAMESPACE", "check_store"]
 
-DEFAULT_NAMESPACE = "openai_lb"
 """The namespace of a store named by URL (``$OPENAI_LB_HEALTH_STORE``, ``health_store="redis://..."``)."""
 
 

@@ -287,7 +287,7 @@ def test_garbage_in_the_namespace_is_ignored_and_counted_and_clients_keep_sharin
         assert [s.ignored for s in stores] == [len(planted)] * 2, "the planted values were not all ignored on sync"
         junk: list[Any] = [b"junk", b"{}", json.dumps({"v": 1, "kind": "block", "key": 1, "until": 1, "by": "x"})]
         for message in junk:
-            redis.publish(prefix + "events", message)
+            redis.publish(other_store.channel, message)
         expected = len(planted) + len(junk)
         wait_until(lambda: all(s.ignored == expected for s in stores), 10, "the published junk being ignored")
         assert all(s.blocked(key, "gpt-4o", time.monotonic()) is None for s in stores), "garbage cooled the PTU"

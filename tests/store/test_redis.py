@@ -209,7 +209,7 @@ def test_malformed_and_foreign_values_in_the_namespace_are_ignored_and_counted(r
     client.set(prefix + "block:future", json.dumps({"v": 2, "kind": "block"}))
     client.set(prefix + "breaker:bad", json.dumps({"v": 1, "kind": "breaker", "key": A, "until": "soon", "by": "x"}))
     for raw in (b"garbage", json.dumps({"v": 1, "kind": "block", "key": A, "until": 1e400, "by": "x"})):
-        client.publish(prefix + "events", raw)
+        client.publish(one.channel, raw)
     wait_until(lambda: one.ignored == 2, what="two published values ignored")
     late = redis_store()
     connected(late)
@@ -409,3 +409,19 @@ def test_patch_takes_a_store_url_and_rejects_a_malformed_one_at_once(redis_serve
         assert client.balancer.store is store_for_url(redis_server.url)
     with pytest.raises(ConfigurationError):
         openai_lb.patch(backends, health_store="memcached://127.0.0.1:11211")
+
+
+def test_fleets_on_two_databases_of_one_server_stay_apart(redis_server: RedisServer) -> None:
+    first = openai_lb.RedisHealthStore(redis_server.url.rsplit("/", 1)[0] + "/1")
+    second = openai_lb.RedisHealthStore(redis_server.url.rsplit("/", 1)[0] + "/2")
+    same_db = openai_lb.RedisHealthStore(redis_server.url.rsplit("/", 1)[0] + "/1")
+    try:
+        wait_until(lambda: first.connected and second.connected and same_db.connected, what="three stores connecting")
+        first.block(A, "gpt-4o", time.monotonic() + 60, "rate_limited")
+        wait_until(
+            lambda: same_db.blocked(A, "gpt-4o", time.monotonic()) is not None, what="the same database learning"
+        )
+        assert second.blocked(A, "gpt-4o", time.monotonic()) is None, "pub/sub leaked a block to another database"
+    finally:
+        for store in (first, second, same_db):
+            store.close()
