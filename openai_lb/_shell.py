@@ -7,11 +7,10 @@ The sync and async loops below are the only twins: every decision is in ``_core`
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextvars
 import inspect
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -62,10 +61,48 @@ def _refuse_awaitable(token: object, backend: Backend) -> None:
     )
 
 
-def _close_late_response(future: concurrent.futures.Future[Any]) -> None:
-    """An attempt given up on may still get its answer: close it, nobody will read it."""
-    if not future.cancelled() and future.exception() is None:
-        future.result().close()
+class _Waiting:
+    """One sync attempt sent from a daemon thread, so that its caller can stop waiting for the headers.
+
+    A blocking read cannot be given a deadline across reads; the thread ends with the HTTP library's
+    own timeout, never holds the interpreter at exit, and closes an answer that comes after its caller
+    gave up.
+    """
+
+    __slots__ = ("_abandoned", "_done", "_lock", "_outcome")
+
+    def __init__(self, send: Callable[[Any], Any], request: Any) -> None:
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._outcome: tuple[bool, Any] | None = None
+        self._abandoned = False
+        # The caller's context (tracing spans, for one) goes along.
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(self._run, send, request), daemon=True)
+        thread.name = "openai_lb-attempt"
+        thread.start()
+
+    def _run(self, send: Callable[[Any], Any], request: Any) -> None:
+        try:
+            outcome: tuple[bool, Any] = (True, send(request))
+        except BaseException as error:
+            outcome = (False, error)
+        with self._lock:
+            self._outcome = outcome
+            abandoned = self._abandoned
+        self._done.set()
+        if abandoned and outcome[0]:
+            outcome[1].close()
+
+    def result(self, timeout: float) -> tuple[bool, Any] | None:
+        """(True, the response) or (False, the error) within ``timeout`` seconds; None: given up on."""
+        try:
+            self._done.wait(timeout)
+        finally:
+            with self._lock:
+                outcome = self._outcome
+                self._abandoned = outcome is None
+        return outcome
 
 
 def _token_of(backend: Backend) -> object:
@@ -122,7 +159,6 @@ class BalancingShell:
         self._urls: dict[str, Any] = {}
         # Set by close(): the connections an attempt still waits on are going away on purpose.
         self._closing = False
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._endpoints: tuple[bytes, ...] = ()
 
     @property
@@ -217,17 +253,13 @@ class BalancingShell:
         limit = self.balancer.policy.headers_timeout
         if limit is None:
             return inner.handle_request(request)
-        # A blocking read cannot be given a deadline across reads, so the attempt waits in a worker thread.
-        # The caller's context (tracing spans, for one) goes along to the worker.
-        future = self._workers().submit(contextvars.copy_context().run, inner.handle_request, request)
-        try:
-            return future.result(timeout=limit)
-        except concurrent.futures.TimeoutError:
-            future.add_done_callback(_close_late_response)
-            raise self._timed_out() from None
-        except BaseException:
-            future.add_done_callback(_close_late_response)
-            raise
+        outcome = _Waiting(inner.handle_request, request).result(limit)
+        if outcome is None:
+            raise self._timed_out()
+        sent, value = outcome
+        if not sent:
+            raise value
+        return value
 
     async def _asend(self, inner: Any, request: Any) -> Any:
         limit = self.balancer.policy.headers_timeout
@@ -236,15 +268,6 @@ class BalancingShell:
         with anyio.move_on_after(limit):
             return await inner.handle_async_request(request)
         raise self._timed_out()
-
-    def _workers(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            with self._lock:
-                if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(
-                        _MAX_CONNECTIONS, thread_name_prefix="openai_lb-attempt"
-                    )
-        return self._executor
 
     # -- the two loops: send, report, and either deliver or fail over
 
@@ -285,15 +308,20 @@ class BalancingShell:
             except BaseException as error:
                 call.release(step, error)
                 raise
+            response = None
             try:
                 response = self._send(inner, self._build(request, template, step, credential))
                 status = response.status_code
                 body = response.read() if call.needs_body(status) or is_json(response.headers) else None
                 self._check_whole(response, body)
             except self._stack.failover_errors as error:
+                if response is not None:
+                    response.close()
                 self._sent_failed(call, step, error)
                 continue
             except BaseException as error:
+                if response is not None:
+                    response.close()
                 call.release(step, error)
                 raise
             if call.report(step, status, response.headers, body):
@@ -321,12 +349,15 @@ class BalancingShell:
             except BaseException as error:  # a cancellation while awaiting the token
                 call.release(step, error)
                 raise
+            response = None
             try:
                 response = await self._asend(inner, self._build(request, template, step, credential))
                 status = response.status_code
                 body = await response.aread() if call.needs_body(status) or is_json(response.headers) else None
                 self._check_whole(response, body)
             except self._stack.failover_errors as error:
+                if response is not None:
+                    await response.aclose()
                 self._sent_failed(call, step, error)
                 continue
             except BaseException as error:  # cancellation included: the attempt is no longer in flight
@@ -338,8 +369,6 @@ class BalancingShell:
 
     def close(self) -> None:
         self._closing = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
         if self._sync_inner is not None:
             self._sync_inner.close()
 

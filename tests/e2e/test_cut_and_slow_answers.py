@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
 from e2e_helpers import chat, content, statuses
 
 from openai_lb import Backend, Policy
-from openai_lb.testing import CutStream
+from openai_lb.testing import CutStream, Stall
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -130,3 +133,25 @@ def _chain(error: BaseException) -> str:
         texts.append(str(seen))
         seen = seen.__cause__ or seen.__context__
     return " | ".join(texts)
+
+
+def test_an_attempt_given_up_on_never_holds_the_interpreter_at_exit(servers) -> None:
+    hung, paygo = servers("hung"), servers("paygo")
+    hung.script(Stall(30.0))
+    code = f"""
+import openai_lb
+client = openai_lb.AzureOpenAI(
+    backends=[openai_lb.Backend({hung.url!r}, priority=1), openai_lb.Backend({paygo.url!r}, priority=2)],
+    policy=openai_lb.Policy(headers_timeout=0.3), api_key="k", api_version="2024-10-21", timeout=25, max_retries=0,
+)
+answer = client.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "content": "hi"}}])
+print(answer.choices[0].message.content)
+"""
+    root = Path(__file__).resolve().parents[2]
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=40, cwd=root
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "paygo:gpt-4o"
+    assert time.monotonic() - started < 15, "the abandoned attempt's thread kept the interpreter from exiting"
