@@ -32,6 +32,10 @@ class EnvironmentCredential(NamedTuple):
     """The header carrying it (``authorization`` as ``Bearer <token>``)."""
     value: str
 
+    def __repr__(self) -> str:
+        # The value is a key or a token: a repr reaches tracebacks and debug output.
+        return f"EnvironmentCredential(variable={self.variable!r}, header={self.header!r}, value=<hidden>)"
+
 
 def environment_credential(environ: Mapping[str, str] | None = None) -> EnvironmentCredential | None:
     """The first variable of the SDK's order set (not empty) in ``environ`` (default ``os.environ``)."""

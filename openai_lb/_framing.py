@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 
-__all__ = ["EventStreamEnd", "is_close_delimited", "is_event_stream", "is_json", "json_complete"]
+__all__ = ["EventStreamEnd", "has_terminal_event", "is_close_delimited", "is_event_stream", "is_json", "json_complete"]
 
 _TERMINAL = re.compile(rb"data: ?\[DONE\]|event: ?(?:response\.(?:completed|failed|incomplete)|error)\r?\n")
 # Enough of the previous chunk to find a marker split across two chunks.
@@ -24,6 +24,15 @@ _EVENT_END = (b"\n\n", b"\r\n\r\n", b"\r\r")
 def is_close_delimited(headers: Mapping[str, str], http_version: str) -> bool:
     """Whether the body ends only when the connection closes (HTTP/1 without length or chunking)."""
     return http_version.startswith("HTTP/1") and "content-length" not in headers and "transfer-encoding" not in headers
+
+
+# The streams whose terminal event is known; others (images, audio) end their own ways and are not judged.
+_JUDGED_STREAMS = ("/chat/completions", "/completions", "/responses")
+
+
+def has_terminal_event(path: str) -> bool:
+    """Whether a stream answering a request to ``path`` ends with an event ``EventStreamEnd`` knows."""
+    return path.rstrip("/").endswith(_JUDGED_STREAMS)
 
 
 def _media_type(headers: Mapping[str, str]) -> str:

@@ -479,7 +479,7 @@ class RedisHealthStore(InMemoryHealthStore):
         for keys in _batches(client.scan_iter(match=f"{self._prefix}*", count=500), 500):
             for raw in client.mget(keys):
                 if raw is not None:
-                    self._apply(raw)
+                    self._apply(raw, announce=False)  # thousands of blocks must not become thousands of events
         self._publish_state()
 
     def _lost(self, error: BaseException) -> None:
@@ -502,7 +502,7 @@ class RedisHealthStore(InMemoryHealthStore):
     def _emit(self, event: Event) -> None:
         emit(self._hooks, event)
 
-    def _apply(self, raw: Any) -> None:
+    def _apply(self, raw: Any, *, announce: bool = True) -> None:
         """Learn one value from the namespace; anything malformed or foreign is counted and ignored."""
         value = _parse(raw)
         if value is None:
@@ -515,7 +515,7 @@ class RedisHealthStore(InMemoryHealthStore):
             return
         key = value["key"]
         now, until = self._from_wall_ms(value["until"])
-        fleet = value["by"] != self._by
+        fleet = announce and value["by"] != self._by
         if kind == "block":
             deployment, reason = value["deployment"], value["reason"]
             if until <= now:
@@ -531,17 +531,17 @@ class RedisHealthStore(InMemoryHealthStore):
         # Within a millisecond (the resolution on the wire) of its attempt; in the future is a skewed clock.
         tripped = min(self._from_wall_ms(value["tripped"])[1] + _GRAIN, now)
         with self._lock:
-            if failures:
+            if failures and (until > now or key in self._failures):
                 self._failures[key] = failures
             else:
                 self._failures.pop(key, None)
-            if self._tripped_at.get(key, -math.inf) < tripped:
+            if (until > now or key in self._tripped_at) and self._tripped_at.get(key, -math.inf) < tripped:
                 self._tripped_at[key] = tripped
-            blocks = self._by_key.setdefault(key, {})
-            found = blocks.get(BACKEND_WIDE)
+            found = self._by_key.get(key, {}).get(BACKEND_WIDE)
             extended = until > now and (found is None or found.until < until - _GRAIN)
             if extended:
-                blocks[BACKEND_WIDE] = Block(until, "failure")
+                # Only a running breaker takes a place in memory: an ended one from the fleet adds nothing.
+                self._by_key.setdefault(key, {})[BACKEND_WIDE] = Block(until, "failure")
         if extended and fleet:
             self._emit(BackendCooled(key, key, None, "failure", until - now, None, failures, "fleet"))
 
@@ -579,7 +579,9 @@ def _parse(raw: Any) -> dict[str, Any] | None:
     kind = value.get("kind")
     if kind == "clear":
         return value
-    if not isinstance(value.get("key"), str) or not _number(value.get("until")):
+    key = value.get("key")
+    # A backend key is a normalised URL: printable, without spaces (it reaches logs and events).
+    if not isinstance(key, str) or not key.isprintable() or " " in key or not _number(value.get("until")):
         return None
     if kind == "block":
         ok = isinstance(value.get("deployment"), str) and value.get("reason") in _REASONS

@@ -205,7 +205,9 @@ class RequestTemplate:
         if len(body) <= _PARSE_LIMIT:
             # The C parser is quicker than the scan on small bodies; the parsed copy is dropped at once.
             try:
-                parsed = json.loads(body)
+                # Decoded first: json.loads would also take UTF-16 and UTF-32, which the span scan (and the SDK) never
+                # meet; such a body names no deployment here and is sent as it is.
+                parsed = json.loads(body.decode())
             except ValueError:
                 return None
             model = parsed.get("model") if isinstance(parsed, dict) else None

@@ -19,7 +19,7 @@ from ._config import Backend, Policy, header_safe
 from ._core import OUTSIDE_THE_BASE, Attempt, Balancer, Call, Clock, SyntheticResponse
 from ._errors import ConfigurationError
 from ._events import EventHook
-from ._framing import is_close_delimited, is_event_stream, is_json, json_complete
+from ._framing import has_terminal_event, is_close_delimited, is_event_stream, is_json, json_complete
 from ._health import HealthStore
 from ._rewrite import RequestTemplate, endpoint_path
 from ._stacks import HttpStack
@@ -230,9 +230,14 @@ class BalancingShell:
     def _answer(self, request: Any, answer: SyntheticResponse) -> Any:
         return self._stack.module.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
 
-    def _deliver(self, response: Any, call: Call, attempt: Attempt) -> Any:
+    def _deliver(self, request: Any, response: Any, call: Call, attempt: Attempt) -> Any:
         response.headers[BACKEND_HEADER] = attempt.backend.name
-        if is_event_stream(response.headers) and is_close_delimited(response.headers, response.http_version):
+        headers = response.headers
+        if (
+            is_event_stream(headers)
+            and is_close_delimited(headers, response.http_version)
+            and has_terminal_event(request.url.path)
+        ):
             response.stream = self._stack.checked_stream(response.stream, lambda error: call.cut(attempt, error))
         return response
 
@@ -325,7 +330,7 @@ class BalancingShell:
                 call.release(step, error)
                 raise
             if call.report(step, status, response.headers, body):
-                return self._deliver(response, call, step)
+                return self._deliver(request, response, call, step)
             response.close()
 
     async def handle_async_request(self, request: Any) -> Any:
@@ -364,7 +369,7 @@ class BalancingShell:
                 call.release(step, error)
                 raise
             if call.report(step, status, response.headers, body):
-                return self._deliver(response, call, step)
+                return self._deliver(request, response, call, step)
             await response.aclose()
 
     def close(self) -> None:

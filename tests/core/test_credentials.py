@@ -90,3 +90,10 @@ def test_a_balanced_client_takes_either_variable_as_its_credential(
     client = openai_lb.AzureOpenAI(backends=backends, api_version="2024-10-21")
 
     assert client.balancer is not None
+
+
+def test_the_repr_of_an_environment_credential_never_shows_it() -> None:
+    found = environment_credential({"AZURE_OPENAI_API_KEY": "SECRET-KEY-123"})
+    assert found is not None
+    assert "SECRET-KEY-123" not in repr(found)
+    assert "SECRET-KEY-123" not in str(found)

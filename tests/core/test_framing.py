@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openai_lb._framing import EventStreamEnd, is_close_delimited, json_complete
+from openai_lb._framing import EventStreamEnd, has_terminal_event, is_close_delimited, json_complete
 
 CHAT = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n' * 3 + b"data: [DONE]\n\n"
 RESPONSES = (
@@ -52,3 +52,10 @@ def test_only_http1_without_length_or_chunking_is_close_delimited() -> None:
     assert not is_close_delimited({"content-length": "3"}, "HTTP/1.1")
     assert not is_close_delimited({"transfer-encoding": "chunked"}, "HTTP/1.1")
     assert not is_close_delimited({}, "HTTP/2")
+
+
+def test_only_streams_with_a_known_terminal_event_are_judged() -> None:
+    assert has_terminal_event("/openai/deployments/gpt-4o/chat/completions")
+    assert has_terminal_event("/team/openai/v1/responses")
+    assert not has_terminal_event("/openai/deployments/dall-e/images/generations")
+    assert not has_terminal_event("/openai/v1/audio/speech")

@@ -285,3 +285,12 @@ def test_renaming_a_20_mb_body_makes_one_new_copy_of_it() -> None:
     # The caller's body is already held; the attempt's body is the one new copy (the JSON-parsing
     # rename it replaces needed a parsed copy, a decoded copy and an ASCII-escaped one, over 3x).
     assert peak < 1.5 * len(body), f"renaming a {len(body)} byte body allocated up to {peak} bytes"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_a_body_in_another_unicode_encoding_names_no_deployment_and_is_sent_unchanged(encoding: str) -> None:
+    body = json.dumps({"model": "gpt-4o", "input": "hi"}).encode(encoding)
+    template = RequestTemplate(b"/openai/v1/responses", JSON_HEADERS, body)
+    assert template.deployment is None
+    mapped = Backend("https://b.example.com", deployments={"gpt-4o": "east"})
+    assert template.for_backend(mapped, mapped.deployment_for(template.deployment), None).body == body
