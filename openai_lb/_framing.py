@@ -11,19 +11,43 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable
+from typing import NamedTuple
 
-__all__ = ["EventStreamEnd", "has_terminal_event", "is_close_delimited", "is_event_stream", "is_json", "json_complete"]
+__all__ = ["EVENT_STREAM", "JSON", "EventStreamEnd", "Framing", "framing_of", "has_terminal_event", "json_complete"]
 
 _TERMINAL = re.compile(rb"data: ?\[DONE\]|event: ?(?:response\.(?:completed|failed|incomplete)|error)\r?\n")
 # Enough of the previous chunk to find a marker split across two chunks.
 _OVERLAP = 48
 _EVENT_END = (b"\n\n", b"\r\n\r\n", b"\r\r")
+_LENGTHS = (b"content-length", b"transfer-encoding")
+JSON = b"application/json"
+EVENT_STREAM = b"text/event-stream"
 
 
-def is_close_delimited(headers: Mapping[str, str], http_version: str) -> bool:
-    """Whether the body ends only when the connection closes (HTTP/1 without length or chunking)."""
-    return http_version.startswith("HTTP/1") and "content-length" not in headers and "transfer-encoding" not in headers
+class Framing(NamedTuple):
+    """What an answer's headers say of its body, read in one pass over them."""
+
+    media_type: bytes
+    """The ``content-type`` without parameters, lowercased (``b""`` when absent)."""
+    delimited: bool
+    """Whether ``content-length`` or ``transfer-encoding`` says where the body ends."""
+
+    def close_delimited(self, http_version: str) -> bool:
+        """Whether the body ends only when the connection closes (HTTP/1 without length or chunking)."""
+        return not self.delimited and http_version.startswith("HTTP/1")
+
+
+def framing_of(headers: Iterable[tuple[bytes, bytes, bytes]]) -> Framing:
+    """The ``Framing`` of headers given as (name, lowercased name, value) triples."""
+    media = b""
+    delimited = False
+    for _, name, value in headers:
+        if name == b"content-type":
+            media = value.partition(b";")[0].strip().lower()
+        elif name in _LENGTHS:
+            delimited = True
+    return Framing(media, delimited)
 
 
 # The streams whose terminal event is known; others (images, audio) end their own ways and are not judged.
@@ -33,18 +57,6 @@ _JUDGED_STREAMS = ("/chat/completions", "/completions", "/responses")
 def has_terminal_event(path: str) -> bool:
     """Whether a stream answering a request to ``path`` ends with an event ``EventStreamEnd`` knows."""
     return path.rstrip("/").endswith(_JUDGED_STREAMS)
-
-
-def _media_type(headers: Mapping[str, str]) -> str:
-    return headers.get("content-type", "").partition(";")[0].strip().lower()
-
-
-def is_json(headers: Mapping[str, str]) -> bool:
-    return _media_type(headers) == "application/json"
-
-
-def is_event_stream(headers: Mapping[str, str]) -> bool:
-    return _media_type(headers) == "text/event-stream"
 
 
 def json_complete(body: bytes) -> bool:

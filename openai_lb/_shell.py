@@ -19,7 +19,7 @@ from ._config import Backend, Policy, header_safe
 from ._core import OUTSIDE_THE_BASE, Attempt, Balancer, Call, Clock, SyntheticResponse
 from ._errors import ConfigurationError
 from ._events import EventHook
-from ._framing import has_terminal_event, is_close_delimited, is_event_stream, is_json, json_complete
+from ._framing import EVENT_STREAM, JSON, Framing, framing_of, has_terminal_event, json_complete
 from ._health import HealthStore
 from ._rewrite import RequestTemplate, endpoint_path
 from ._stacks import HttpStack
@@ -230,20 +230,30 @@ class BalancingShell:
     def _answer(self, request: Any, answer: SyntheticResponse) -> Any:
         return self._stack.module.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
 
-    def _deliver(self, request: Any, response: Any, call: Call, attempt: Attempt) -> Any:
+    def _deliver(self, request: Any, response: Any, framing: Framing, call: Call, attempt: Attempt) -> Any:
         response.headers[BACKEND_HEADER] = attempt.backend.name
-        headers = response.headers
         if (
-            is_event_stream(headers)
-            and is_close_delimited(headers, response.http_version)
+            framing.media_type == EVENT_STREAM
+            and framing.close_delimited(response.http_version)
             and has_terminal_event(request.url.path)
         ):
             response.stream = self._stack.checked_stream(response.stream, lambda error: call.cut(attempt, error))
         return response
 
-    def _check_whole(self, response: Any, body: bytes | None) -> None:
-        """A JSON answer read whole is delivered whole: one cut short by a closed connection fails over."""
-        if body is not None and is_close_delimited(response.headers, response.http_version) and not json_complete(body):
+    def _framing(self, response: Any, call: Call, status: int) -> tuple[Framing, bool]:
+        """The answer's framing, and whether to read its body before deciding: a JSON answer is read
+        whole (the SDK reads it whole anyway), so a cut anywhere in it still fails over."""
+        framing = framing_of(self._stack.read_headers(response.headers))
+        return framing, framing.media_type == JSON or call.needs_body(status)
+
+    def _check_whole(self, response: Any, framing: Framing, body: bytes | None) -> None:
+        """A JSON answer framed only by the connection closing must parse, or it was cut: fail over."""
+        if (
+            body is not None
+            and framing.media_type == JSON
+            and framing.close_delimited(response.http_version)
+            and not json_complete(body)
+        ):
             response.close()
             raise self._stack.module.RemoteProtocolError("the answer ended before its JSON did (connection cut)")
 
@@ -317,8 +327,9 @@ class BalancingShell:
             try:
                 response = self._send(inner, self._build(request, template, step, credential))
                 status = response.status_code
-                body = response.read() if call.needs_body(status) or is_json(response.headers) else None
-                self._check_whole(response, body)
+                framing, whole = self._framing(response, call, status)
+                body = response.read() if whole else None
+                self._check_whole(response, framing, body)
             except self._stack.failover_errors as error:
                 if response is not None:
                     response.close()
@@ -330,7 +341,7 @@ class BalancingShell:
                 call.release(step, error)
                 raise
             if call.report(step, status, response.headers, body):
-                return self._deliver(request, response, call, step)
+                return self._deliver(request, response, framing, call, step)
             response.close()
 
     async def handle_async_request(self, request: Any) -> Any:
@@ -358,8 +369,9 @@ class BalancingShell:
             try:
                 response = await self._asend(inner, self._build(request, template, step, credential))
                 status = response.status_code
-                body = await response.aread() if call.needs_body(status) or is_json(response.headers) else None
-                self._check_whole(response, body)
+                framing, whole = self._framing(response, call, status)
+                body = await response.aread() if whole else None
+                self._check_whole(response, framing, body)
             except self._stack.failover_errors as error:
                 if response is not None:
                     await response.aclose()
@@ -369,7 +381,7 @@ class BalancingShell:
                 call.release(step, error)
                 raise
             if call.report(step, status, response.headers, body):
-                return self._deliver(request, response, call, step)
+                return self._deliver(request, response, framing, call, step)
             await response.aclose()
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openai_lb._framing import EventStreamEnd, has_terminal_event, is_close_delimited, json_complete
+from openai_lb._framing import EventStreamEnd, Framing, framing_of, has_terminal_event, json_complete
 
 CHAT = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n' * 3 + b"data: [DONE]\n\n"
 RESPONSES = (
@@ -47,11 +47,20 @@ def test_json_is_complete_only_when_it_parses() -> None:
     assert not json_complete(b""), "nothing at all is a cut before the first byte"
 
 
+def triples(**headers: str) -> list[tuple[bytes, bytes, bytes]]:
+    return [(name.encode(), name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()]
+
+
 def test_only_http1_without_length_or_chunking_is_close_delimited() -> None:
-    assert is_close_delimited({}, "HTTP/1.1")
-    assert not is_close_delimited({"content-length": "3"}, "HTTP/1.1")
-    assert not is_close_delimited({"transfer-encoding": "chunked"}, "HTTP/1.1")
-    assert not is_close_delimited({}, "HTTP/2")
+    assert framing_of([]).close_delimited("HTTP/1.1")
+    assert not framing_of(triples(content_length="3")).close_delimited("HTTP/1.1")
+    assert not framing_of(triples(transfer_encoding="chunked")).close_delimited("HTTP/1.1")
+    assert not framing_of([]).close_delimited("HTTP/2")
+
+
+def test_the_media_type_is_read_without_its_parameters() -> None:
+    assert framing_of(triples(content_type="Application/JSON; charset=utf-8")) == Framing(b"application/json", False)
+    assert framing_of(triples(content_type="text/event-stream", content_length="9")).media_type == b"text/event-stream"
 
 
 def test_only_streams_with_a_known_terminal_event_are_judged() -> None:
