@@ -55,7 +55,7 @@ from ._events import BackendCooled, Event, EventHook, StoreDisconnected, StoreRe
 from ._health import BACKEND_WIDE, DEFAULT_NAMESPACE, Block, InMemoryHealthStore, Reason, Trip
 from ._logging import log_event
 
-__all__ = ["SCHEMES", "VERSION", "RedisHealthStore", "display_url"]
+__all__ = ["SCHEMES", "VERSION", "RedisHealthStore", "display_url", "key_prefix"]
 
 VERSION = 1
 """The version of the values (``"v"``) and of the key layout (``{namespace}:v1:...``)."""
@@ -134,6 +134,11 @@ redis.call('PUBLISH', ARGV[1], value)
 return 1
 """
 )
+
+
+def key_prefix(namespace: str) -> str:
+    """What every key (and the channel) of ``namespace`` starts with."""
+    return f"{namespace}:v{VERSION}:"
 
 
 def display_url(url: str) -> str:
@@ -224,7 +229,7 @@ class RedisHealthStore(InMemoryHealthStore):
         self._client = self._make_client()  # checks the URL and options before anything starts
         super().__init__(max_entries=max_entries)
         self.namespace = namespace
-        self._prefix = f"{namespace}:v{VERSION}:"
+        self._prefix = key_prefix(namespace)
         # Keys live in one database, but pub/sub is server-wide: the channel names the database too, so
         # fleets on redis://h/1 and redis://h/2 stay apart.
         db = self._client.connection_pool.connection_kwargs.get("db", 0)

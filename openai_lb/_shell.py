@@ -257,8 +257,7 @@ class BalancingShell:
             response.close()
             raise self._stack.module.RemoteProtocolError("the answer ended before its JSON did (connection cut)")
 
-    def _timed_out(self) -> BaseException:
-        limit = self.balancer.policy.headers_timeout
+    def _timed_out(self, limit: float) -> BaseException:
         error: BaseException = self._stack.module.ReadTimeout(
             f"no response headers within {limit} s (Policy.headers_timeout)"
         )
@@ -270,7 +269,7 @@ class BalancingShell:
             return inner.handle_request(request)
         outcome = _Waiting(inner.handle_request, request).result(limit)
         if outcome is None:
-            raise self._timed_out()
+            raise self._timed_out(limit)
         sent, value = outcome
         if not sent:
             raise value
@@ -282,7 +281,7 @@ class BalancingShell:
             return await inner.handle_async_request(request)
         with anyio.move_on_after(limit):
             return await inner.handle_async_request(request)
-        raise self._timed_out()
+        raise self._timed_out(limit)
 
     # -- the two loops: send, report, and either deliver or fail over
 

@@ -16,8 +16,6 @@ from openai_lb._health import DEFAULT_NAMESPACE
 
 __all__ = ["DEFAULT_NAMESPACE", "check_store"]
 
-"""The namespace of a store named by URL (``$OPENAI_LB_HEALTH_STORE``, ``health_store="redis://..."``)."""
-
 
 def check_store(url: str, *, timeout: float, namespace: str = DEFAULT_NAMESPACE) -> StoreCheck:
     """Connect to the store at ``url`` within ``timeout`` seconds and count the keys of ``namespace``."""
@@ -26,7 +24,7 @@ def check_store(url: str, *, timeout: float, namespace: str = DEFAULT_NAMESPACE)
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        from openai_lb._redis import SCHEMES, VERSION, display_url
+        from openai_lb._redis import SCHEMES, display_url, key_prefix
     except ImportError:
         problem = "needs the redis package (pip install 'openai-lb[redis]')"
         return StoreCheck(
@@ -50,7 +48,7 @@ def check_store(url: str, *, timeout: float, namespace: str = DEFAULT_NAMESPACE)
         started = time.perf_counter()
         client.ping()
         latency_ms = (time.perf_counter() - started) * 1000
-        keys = sum(1 for _ in client.scan_iter(match=f"{namespace}:v{VERSION}:*", count=1000))
+        keys = sum(1 for _ in client.scan_iter(match=f"{key_prefix(namespace)}*", count=1000))
     except redis.AuthenticationError as error:  # a ConnectionError too: first
         return result(reachable=True, authenticated=False, problem=f"credentials refused ({type(error).__name__})")
     except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
