@@ -263,6 +263,13 @@ class Policy:
     """Seconds an attempt may wait for its response headers in all, however slowly they trickle in;
     past it the attempt fails over like a timeout. None: only the SDK's timeout, which applies to
     each read (and to connecting), so a backend sending a byte now and then holds an attempt."""
+    affinity: bool = True
+    """Send requests about a stateful object (a response, conversation, file, batch, vector store,
+    thread...) to the backend that holds it, and find the holder of an id not seen before."""
+    affinity_capacity: int = 100_000
+    """How many object ids the health store remembers the backend of; the least recently used go first."""
+    affinity_ttl: float = 30 * 86_400.0
+    """Seconds an object's backend is remembered (30 days: Azure's retention of stored responses)."""
 
     def __post_init__(self) -> None:
         for label in ("default_cooldown", "max_cooldown", "breaker_base", "breaker_max"):
@@ -280,6 +287,16 @@ class Policy:
             raise ConfigurationError(
                 f"Policy.headers_timeout must be a positive number of seconds or None, got {limit!r}."
             )
+        if not isinstance(self.affinity, bool):
+            raise ConfigurationError(f"Policy.affinity must be True or False, got {self.affinity!r}.")
+        capacity = self.affinity_capacity
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ConfigurationError(
+                f"Policy.affinity_capacity must be a positive number of object ids, got {capacity!r}."
+            )
+        ttl = self.affinity_ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (math.isfinite(ttl) and ttl > 0):
+            raise ConfigurationError(f"Policy.affinity_ttl must be a positive number of seconds, got {ttl!r}.")
         if self.default_cooldown > self.max_cooldown:
             raise ConfigurationError("Policy.default_cooldown must not exceed Policy.max_cooldown.")
         if self.breaker_base > self.breaker_max:

@@ -5,6 +5,9 @@ every client so that code which builds a client per request still learns; a clie
 given its own ``InMemoryHealthStore`` (tests do), or a URL naming a store shared across
 processes (``"redis://cache:6379/0"``, see ``openai_lb.RedisHealthStore``).
 
+A store also remembers which backend holds each stateful object (a response, a file, a batch...),
+so that follow-ups go to it: ``owner``, ``remember``, ``forget``.
+
 Every time a store is given or returns is a reading of the core's monotonic clock. A store shared
 across processes converts at its own boundary (to wall-clock epoch milliseconds and back), with the
 same clocks as the balancers using it; the core never sees another process's time.
@@ -17,7 +20,8 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
@@ -114,11 +118,29 @@ class HealthStore(Protocol):
         ...
 
     def clear(self) -> None:
-        """Forget everything."""
+        """Forget everything, the owners of objects included."""
         ...
 
     def snapshot(self, key: str, now: float) -> BackendHealth:
         """What is known of the backend ``key`` now: failure streak, breaker and deployment blocks."""
+        ...
+
+    def owner(self, object_id: str, now: float) -> str | None:
+        """The key of the backend holding ``object_id``; None when unknown or expired by ``now``.
+
+        A hit is a use: the least recently used ids are the first forgotten beyond the capacity.
+        """
+        ...
+
+    def remember(self, object_ids: Iterable[str], key: str, until: float, capacity: int) -> None:
+        """The backend ``key`` holds ``object_ids`` until ``until`` (or until forgotten).
+
+        At most ``capacity`` ids are kept: beyond it the least recently used go first.
+        """
+        ...
+
+    def forget(self, object_id: str) -> None:
+        """``object_id`` is held nowhere any more (it was deleted)."""
         ...
 
 
@@ -147,6 +169,8 @@ class InMemoryHealthStore:
         "_failures",
         "_keep",
         "_lock",
+        "_owner_capacity",
+        "_owners",
         "_seen",
         "_size",
         "_tripped_at",
@@ -167,6 +191,9 @@ class InMemoryHealthStore:
         self._seen = -math.inf  # the latest clock reading given to the store
         self._failures: dict[str, int] = {}
         self._tripped_at: dict[str, float] = {}
+        # object id -> (backend key, until), least recently used first
+        self._owners: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._owner_capacity = 100_000
         self._lock = threading.Lock()
         _stores.add(self)
 
@@ -178,6 +205,36 @@ class InMemoryHealthStore:
     def size(self) -> int:
         """How many deployment blocks the store holds, ended ones not yet forgotten included."""
         return self._size
+
+    @property
+    def owners(self) -> int:
+        """How many object ids the store knows the owner of, expired ones not yet forgotten included."""
+        return len(self._owners)
+
+    def owner(self, object_id: str, now: float) -> str | None:
+        with self._lock:
+            found = self._owners.get(object_id)
+            if found is None:
+                return None
+            if found[1] <= now:
+                del self._owners[object_id]
+                return None
+            self._owners.move_to_end(object_id)
+            return found[0]
+
+    def remember(self, object_ids: Iterable[str], key: str, until: float, capacity: int) -> None:
+        owners = self._owners
+        with self._lock:
+            self._owner_capacity = capacity
+            for object_id in object_ids:
+                owners[object_id] = (key, until)
+                owners.move_to_end(object_id)
+            while len(owners) > capacity:
+                owners.popitem(last=False)
+
+    def forget(self, object_id: str) -> None:
+        with self._lock:
+            self._owners.pop(object_id, None)
 
     def blocked(self, key: str, deployment: str, now: float) -> Block | None:
         blocks = self._by_key.get(key)
@@ -311,6 +368,7 @@ class InMemoryHealthStore:
             self._seen = -math.inf
             self._failures.clear()
             self._tripped_at.clear()
+            self._owners.clear()
 
 
 _stores: weakref.WeakSet[InMemoryHealthStore] = weakref.WeakSet()
