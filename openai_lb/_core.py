@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from ._affinity import FirstId, Stateful, created_id, not_here
 from ._config import Backend, Policy, validate_backends
 from ._events import (
+    Affinity,
     AllBackendsCooling,
     AttemptFinished,
     AttemptStarted,
@@ -27,6 +29,7 @@ from ._events import (
     EventHook,
     NoBackendCanServe,
     Outcome,
+    OwnerDiscovered,
     emit,
     hooks_from,
 )
@@ -76,6 +79,7 @@ class Balancer:
 
     __slots__ = (
         "__weakref__",  # hooks that read status() (OpenTelemetry) hold balancers weakly
+        "_by_key",
         "_by_priority",
         "_logged",
         "backends",
@@ -110,6 +114,7 @@ class Balancer:
         self.client_wait_limit = client_wait_limit
         # Stable sort keeps the caller's order inside a tier, which makes logs predictable.
         self._by_priority = tuple(sorted(self.backends, key=lambda b: b.priority))
+        self._by_key = {backend.key: backend for backend in self.backends}
         self.stats = StatsBook([b.key for b in self.backends])
         self.hooks = hooks_from(on_event)
         # Logging is one more hook, called first; it is in the way only while the logger would print.
@@ -123,9 +128,10 @@ class Balancer:
         """The hooks an event logged at ``level`` goes to; empty when nobody would see it."""
         return self._logged if log.isEnabledFor(level) else self.hooks
 
-    def begin(self, deployment: str | None) -> Call:
-        """Start one caller request for ``deployment`` (None when the request names none)."""
-        return Call(self, deployment)
+    def begin(self, deployment: str | None, stateful: Stateful | None = None) -> Call:
+        """Start one caller request for ``deployment`` (None when the request names none); ``stateful``
+        when it names objects held by one backend or creates one (ignored with ``Policy(affinity=False)``)."""
+        return Call(self, deployment, stateful if self.policy.affinity else None)
 
     def status(self) -> tuple[BackendStatus, ...]:
         """An immutable snapshot of every backend, in configuration order; never holds a credential."""
@@ -163,6 +169,8 @@ class Balancer:
             rate_limited=stats.rate_limited,
             failures=stats.failures,
             failovers_away=stats.failovers_away,
+            pinned=stats.pinned,
+            discovered=stats.discovered,
             last_failure=stats.last_failure,
             last_failure_at=stats.last_failure_at,
         )
@@ -179,17 +187,67 @@ def _is_deployment_not_found(body: bytes | None) -> bool:
 
 
 class Call:
-    """The state of one caller request: which backends it tried. Not shared between threads."""
+    """The state of one caller request: which backends it tried. Not shared between threads.
 
-    __slots__ = ("_balancer", "_skipped", "_tried", "attempts", "deployment")
+    A request naming stateful objects goes only to the backend holding them (``pinned``), whatever its
+    priority or weight; when none of them is known it looks for that backend (``discovery``): an answer
+    saying "not here" moves on without cooling anything, and a success tells the store who holds them.
+    """
 
-    def __init__(self, balancer: Balancer, deployment: str | None) -> None:
+    __slots__ = (
+        "_absent",
+        "_affinity",
+        "_balancer",
+        "_pool",
+        "_skipped",
+        "_split",
+        "_stateful",
+        "_tried",
+        "_unknown",
+        "attempts",
+        "deployment",
+    )
+
+    def __init__(self, balancer: Balancer, deployment: str | None, stateful: Stateful | None = None) -> None:
         self._balancer = balancer
         self.deployment = deployment
         self._tried: set[str] = set()
         self._skipped: dict[str, str] | None = None
         """Backends whose token provider failed in this call: key -> the exception's type name."""
         self.attempts = 0
+        self._stateful = stateful
+        self._pool = balancer._by_priority
+        """The backends this call may go to, by priority: all of them, or the one holding its objects."""
+        self._affinity: Affinity | None = None
+        self._unknown: tuple[str, ...] = ()
+        """The ids it names whose backend is not known: a success teaches where they are."""
+        self._split: dict[str, list[str]] | None = None
+        self._absent: set[str] | None = None
+        """Backends that answered they do not hold the objects looked for."""
+        if stateful is not None and stateful.ids:
+            self._place(stateful.ids)
+
+    def _place(self, ids: tuple[str, ...]) -> None:
+        balancer = self._balancer
+        now = balancer.clock()
+        owners: dict[str, list[str]] = {}
+        unknown = []
+        for object_id in ids:
+            key = balancer.store.owner(object_id, now)
+            # A holder this client has no backend for (a store shared with other clients) is no help.
+            if key is not None and key in balancer._by_key:
+                owners.setdefault(key, []).append(object_id)
+            else:
+                unknown.append(object_id)
+        self._unknown = tuple(unknown)
+        if len(owners) > 1:
+            self._split = owners
+            self._pool = ()
+        elif owners:
+            self._affinity = "pinned"
+            self._pool = (balancer._by_key[next(iter(owners))],)
+        else:
+            self._affinity = "discovery"
 
     def next(self) -> Attempt | SyntheticResponse:
         """The next backend to try, or the answer to give when none is usable now."""
@@ -199,7 +257,7 @@ class Call:
         tried = self._tried
         tier = 0
         candidates: list[Backend] = []
-        for backend in balancer._by_priority:
+        for backend in self._pool:
             if candidates and backend.priority != tier:
                 break
             if backend.key in tried:
@@ -212,13 +270,15 @@ class Call:
         chosen = candidates[0] if len(candidates) == 1 else self._pick(candidates)
         tried.add(chosen.key)
         balancer.stats.sent(chosen.key)
+        if self._affinity == "pinned":
+            balancer.stats.pinned(chosen.key)
         self.attempts += 1
         deployment = chosen.deployment_for(self.deployment)
         attempt = Attempt(chosen, deployment, self.attempts, now)
         hooks = balancer.listeners(DETAIL)
         if hooks:
             try:
-                emit(hooks, AttemptStarted(chosen.name, chosen.key, deployment, self.attempts))
+                emit(hooks, AttemptStarted(chosen.name, chosen.key, deployment, self.attempts, self._affinity))
             except BaseException as error:  # a hook's KeyboardInterrupt: the attempt never leaves
                 self.release(attempt, error)
                 raise
@@ -233,8 +293,9 @@ class Call:
         return candidates[-1]  # float rounding can leave point at exactly 0
 
     def needs_body(self, status: int) -> bool:
-        """Whether ``report`` needs the body of this answer (only 404s, to spot DeploymentNotFound)."""
-        return status == 404
+        """Whether ``report`` needs the body of this answer: 404s (DeploymentNotFound, or an object not
+        held there) and, for a request naming objects, 400s (a referenced object not found)."""
+        return status == 404 or (status == 400 and self._affinity is not None)
 
     def report(self, attempt: Attempt, status: int, headers: Mapping[str, str], body: bytes | None) -> bool:
         """Learn from an HTTP answer; True means hand it to the caller, False means fail over."""
@@ -256,6 +317,8 @@ class Call:
             balancer.stats.failed(backend.key, "DeploymentNotFound", balancer.wall_clock())
             self._cooled(attempt, "deployment_missing", balancer.policy.max_cooldown, None, now)
             return False
+        if self._affinity is not None and not_here(status, body) and not self._missing(attempt, status):
+            return False
         if status in balancer.policy.failover_statuses:
             self._trip(attempt, f"HTTP {status}", status)
             return False
@@ -268,7 +331,79 @@ class Call:
             # The deployment's own cooldown, then the whole backend's (None), each once.
             for deployment in dict.fromkeys(attempt.deployment if name is not None else None for name in recovered):
                 emit(hooks, BackendRecovered(backend.name, backend.key, deployment))
+        if self._stateful is not None and 200 <= status < 300:
+            self._learn(attempt, body, now)
         return True
+
+    def _missing(self, attempt: Attempt, status: int) -> bool:
+        """The backend does not hold an object the request names. True: look on the next backend that
+        might (no cooldown: the backend is fine); False: hand this answer to the caller."""
+        balancer = self._balancer
+        if self._affinity == "pinned":
+            if not self._unknown:  # the holder lost them (deleted by another client, expired)
+                assert self._stateful is not None
+                for object_id in self._stateful.ids:
+                    balancer.store.forget(object_id)
+            return False
+        now = balancer.clock()
+        tried = self._tried
+        for backend in self._pool:
+            if backend.key in tried:
+                continue
+            found = balancer.store.blocked(backend.key, backend.deployment_for(self.deployment) or "", now)
+            if found is None or found.reason != "deployment_missing":
+                break
+        else:
+            return False  # nobody else can have them: the caller gets this backend's answer
+        balancer.stats.passed(attempt.backend.key)
+        if self._absent is None:
+            self._absent = set()
+        self._absent.add(attempt.backend.key)
+        hooks = balancer.listeners(DETAIL)
+        if hooks:
+            self._finished(hooks, attempt, "not_here", status, None, now=now)
+        return True
+
+    def _learn(self, attempt: Attempt, body: bytes | None, now: float) -> None:
+        """A success on a stateful route: remember who holds what it named and created, forget what it deleted."""
+        balancer = self._balancer
+        policy = balancer.policy
+        stateful = self._stateful
+        assert stateful is not None
+        backend = attempt.backend
+        if stateful.forgets is not None:
+            balancer.store.forget(stateful.forgets)
+        learned = [object_id for object_id in self._unknown if object_id != stateful.forgets]
+        created = None if stateful.learns is None else created_id(stateful.learns, body)
+        if created is not None:
+            learned.append(created)
+        if learned:
+            balancer.store.remember(learned, backend.key, now + policy.affinity_ttl, policy.affinity_capacity)
+        if self._affinity == "discovery" and self._unknown:
+            balancer.stats.discovered(backend.key)
+            hooks = balancer.listeners(NOTICE)
+            if hooks:
+                emit(hooks, OwnerDiscovered(backend.name, backend.key, self._unknown, attempt.number))
+
+    def stream_tap(self, attempt: Attempt, status: int) -> Callable[[bytes], bool] | None:
+        """For a successful event stream that creates an object: a function the shell feeds each chunk
+        as it passes (holding nothing back), which learns the object's id; it returns False once done."""
+        stateful = self._stateful
+        if stateful is None or stateful.learns is None or not 200 <= status < 300:
+            return None
+        finder = FirstId(stateful.learns)
+        balancer = self._balancer
+        key = attempt.backend.key
+
+        def tap(chunk: bytes) -> bool:
+            found = finder.feed(chunk)
+            if found is not None:
+                policy = balancer.policy
+                until = balancer.clock() + policy.affinity_ttl
+                balancer.store.remember((found,), key, until, policy.affinity_capacity)
+            return not finder.done
+
+        return tap
 
     def report_error(self, attempt: Attempt, error: BaseException) -> None:
         """Learn from a transport error (connection refused or reset, timeout); always fails over."""
@@ -333,7 +468,15 @@ class Call:
     ) -> None:
         backend = attempt.backend
         event = AttemptFinished(
-            backend.name, backend.key, attempt.deployment, attempt.number, outcome, status, error, now - attempt.started
+            backend.name,
+            backend.key,
+            attempt.deployment,
+            attempt.number,
+            outcome,
+            status,
+            error,
+            now - attempt.started,
+            self._affinity,
         )
         emit(hooks, event)
 
@@ -349,13 +492,16 @@ class Call:
             emit(hooks, BackendCooled(backend.name, backend.key, attempt.deployment, reason, seconds, source, 0))
 
     def _answer(self, now: float) -> SyntheticResponse:
+        if self._split is not None:
+            return self._objects_apart(self._split)
         balancer = self._balancer
         skipped = self._skipped or {}
+        absent = self._absent or ()
         soonest: float = math.inf
         soonest_name = ""
-        for backend in balancer._by_priority:
-            if backend.key in skipped:
-                continue  # waiting would not bring this call a token
+        for backend in self._pool:
+            if backend.key in skipped or backend.key in absent:
+                continue  # waiting would not bring this call a token, or the objects it names
             found = balancer.store.blocked(backend.key, backend.deployment_for(self.deployment) or "", now)
             if found is not None and found[1] == "deployment_missing":
                 continue
@@ -386,7 +532,7 @@ class Call:
         return SyntheticResponse(429, tuple(headers), _error_body("429", message))
 
     def _not_found(self) -> SyntheticResponse:
-        names = ", ".join(b.name for b in self._balancer.backends)
+        names = ", ".join(b.name for b in (self._pool if self._affinity == "pinned" else self._balancer.backends))
         message = (
             f"The API deployment {self.deployment!r} does not exist on any backend (openai_lb checked: {names}). "
             f"Create it, or map it with Backend(deployments={{{self.deployment!r}: '<name there>'}})."
@@ -403,8 +549,21 @@ class Call:
         )
         return self._refuse(401, "credentials", "TokenProviderFailed", message)
 
+    def _objects_apart(self, owners: dict[str, list[str]]) -> SyntheticResponse:
+        by_key = self._balancer._by_key
+        held = "; ".join(f"{', '.join(map(repr, ids))} on {by_key[key].name!r}" for key, ids in owners.items())
+        message = (
+            f"This request names objects held by different backends ({held}), and a request can only go to one "
+            f"(openai_lb sent nothing). Create the objects one request uses through the same backend."
+        )
+        return self._refuse(400, "objects_apart", "ObjectsOnDifferentBackends", message)
+
     def _refuse(
-        self, status: int, reason: Literal["deployment_missing", "credentials"], code: str, message: str
+        self,
+        status: int,
+        reason: Literal["deployment_missing", "credentials", "objects_apart"],
+        code: str,
+        message: str,
     ) -> SyntheticResponse:
         hooks = self._balancer.listeners(NOTICE)
         if hooks:

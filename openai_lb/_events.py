@@ -27,6 +27,7 @@ from ._errors import ConfigurationError
 from ._health import Reason
 
 __all__ = [
+    "Affinity",
     "AllBackendsCooling",
     "AttemptFinished",
     "AttemptStarted",
@@ -37,6 +38,7 @@ __all__ = [
     "NoBackendCanServe",
     "Origin",
     "Outcome",
+    "OwnerDiscovered",
     "StoreDisconnected",
     "StoreReconnected",
     "emit",
@@ -45,20 +47,28 @@ __all__ = [
 
 log = logging.getLogger("openai_lb")
 
-Outcome = Literal["success", "client_error", "rate_limited", "deployment_missing", "failure", "skipped", "abandoned"]
+Outcome = Literal[
+    "success", "client_error", "rate_limited", "deployment_missing", "failure", "skipped", "not_here", "abandoned"
+]
 """How an attempt ended.
 
 ``success`` and ``client_error`` (a 4xx other than 429) are handed to the caller;
 ``rate_limited`` (429), ``deployment_missing`` (404 DeploymentNotFound), ``failure`` (a failover
-status such as 5xx, or a connection error or timeout) and ``skipped`` (this client's credential
-for the backend could not be obtained) fail over to the next backend; ``abandoned`` means the
-attempt ended without a verdict on the backend: the request was cancelled or failed on this machine.
+status such as 5xx, or a connection error or timeout), ``skipped`` (this client's credential
+for the backend could not be obtained) and ``not_here`` (the backend does not hold an object the
+request names, while openai_lb looks for the one that does) fail over to the next backend;
+``abandoned`` means the attempt ended without a verdict on the backend: the request was cancelled
+or failed on this machine.
 """
+
+Affinity = Literal["pinned", "discovery"]
+"""Why a request about stateful objects went where it did: ``pinned`` to the backend known to hold
+them, or ``discovery``, looking for the backend holding an id not seen before."""
 
 Origin = Literal["local", "fleet"]
 """Where a cooldown was learned: from an answer to this process, or from another process sharing its store."""
 
-FAILED_OVER: frozenset[Outcome] = frozenset({"rate_limited", "deployment_missing", "failure", "skipped"})
+FAILED_OVER: frozenset[Outcome] = frozenset({"rate_limited", "deployment_missing", "failure", "skipped", "not_here"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,8 @@ class AttemptStarted:
     """The deployment as the backend names it (after ``deployments=`` mapping); None if the request names none."""
     number: int
     """1 for the first attempt of a request, 2 for the first failover, ..."""
+    affinity: Affinity | None = None
+    """Set when the request names stateful objects (see ``Affinity``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +101,8 @@ class AttemptFinished:
     provider's), never its message."""
     latency: float
     """Seconds from choosing the backend to its response headers (or the error)."""
+    affinity: Affinity | None = None
+    """Set when the request names stateful objects (see ``Affinity``)."""
 
     @property
     def failed_over(self) -> bool:
@@ -126,6 +140,17 @@ class BackendRecovered:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnerDiscovered:
+    """A backend turned out to hold objects this process had not seen: requests naming them go there now."""
+
+    backend: str
+    url: str
+    object_ids: tuple[str, ...]
+    attempts: int
+    """Attempts the search took (1: the first backend asked had them)."""
+
+
+@dataclass(frozen=True, slots=True)
 class AllBackendsCooling:
     """No backend can take a request now: the caller gets a 429 asking it to retry after ``retry_after``."""
 
@@ -142,11 +167,11 @@ class AllBackendsCooling:
 class NoBackendCanServe:
     """No backend can take this request as it stands, and waiting would not help: the caller gets
     ``status`` (404 when no backend has the deployment, 401 when no token could be had for any that
-    might) instead of a 429."""
+    might, 400 when the objects it names are held by different backends) instead of a 429."""
 
     deployment: str | None
     status: int
-    reason: Literal["deployment_missing", "credentials"]
+    reason: Literal["deployment_missing", "credentials", "objects_apart"]
     attempts: int
     """Attempts this request made (credential failures included) before the answer."""
 
@@ -179,6 +204,7 @@ Event: TypeAlias = (
     | BackendRecovered
     | AllBackendsCooling
     | NoBackendCanServe
+    | OwnerDiscovered
     | StoreDisconnected
     | StoreReconnected
 )

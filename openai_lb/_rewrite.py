@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
+from ._affinity import Stateful, body_references, names_objects, route_of, stateful
 from ._config import Backend
 
 __all__ = ["Header", "Outgoing", "RequestTemplate", "endpoint_path", "lowered", "model_span"]
@@ -150,6 +151,10 @@ class RequestTemplate:
     first ``/openai`` segment on. ``outside`` says the path left every known endpoint's ``/openai``:
     httpx removed ``..`` segments of a model name, so where the SDK would have sent it on another
     backend is lost, and it is not sent at all.
+
+    With ``affinity``, ``stateful`` says which objects held by one backend the request names (its path
+    and, on a stateful route, its JSON body) and what its answer creates or deletes; None for a
+    stateless request, which is every request on a route ``_affinity.ROUTES`` does not cover.
     """
 
     __slots__ = (
@@ -162,10 +167,18 @@ class RequestTemplate:
         "body",
         "deployment",
         "outside",
+        "stateful",
     )
 
     def __init__(
-        self, raw_path: bytes, headers: Sequence[Header], body: bytes, endpoints: Sequence[bytes] = ()
+        self,
+        raw_path: bytes,
+        headers: Sequence[Header],
+        body: bytes,
+        endpoints: Sequence[bytes] = (),
+        *,
+        method: str = "POST",
+        affinity: bool = False,
     ) -> None:
         self._raw_path = raw_path
         kept = []
@@ -187,6 +200,9 @@ class RequestTemplate:
         self._suffix_at = max(at, 0)
         self._dep_start = self._dep_end = -1
         self.deployment: str | None = None
+        self.stateful: Stateful | None = None
+        found = route_of(raw_path[at:path_end]) if affinity and at >= 0 else None
+        parsed: object = None
         if at >= 0 and raw_path.startswith(_DEPLOYMENTS, at):
             start = at + len(_DEPLOYMENTS)
             end = raw_path.find(b"/", start, path_end)
@@ -197,24 +213,40 @@ class RequestTemplate:
                 self.deployment = unquote(raw_path[start:end].decode("latin-1"))
         elif self.body and self._is_json():
             # /openai/v1/... and the Responses API name the deployment in the body's "model".
-            self.deployment = self._body_model(self.body)
+            self.deployment, parsed = self._body_model(self.body)
+        if found is not None:
+            self.stateful = stateful(method, *found, self._references(parsed))
 
-    def _body_model(self, body: bytes) -> str | None:
+    def _references(self, parsed: object) -> tuple[str, ...]:
+        """The objects the JSON body names; the body is parsed (again) only when it may name one."""
+        body = self.body
+        if not body or not names_objects(body) or not self._is_json():
+            return ()
+        if parsed is None:
+            try:
+                parsed = json.loads(body.decode())
+            except ValueError:
+                return ()
+        return body_references(parsed)
+
+    def _body_model(self, body: bytes) -> tuple[str | None, object]:
+        """The body's model, and the body parsed when it was (None when it was scanned instead)."""
         if body[_skip_space(body, 0) :][:1] != b"{":
-            return None  # not an object, or not in UTF-8 (which json.loads would also take)
+            return None, None  # not an object, or not in UTF-8 (which json.loads would also take)
         if len(body) <= _PARSE_LIMIT:
-            # The C parser is quicker than the scan on small bodies; the parsed copy is dropped at once.
+            # The C parser is quicker than the scan on small bodies; the parsed copy goes with the constructor.
             try:
                 # Decoded first: json.loads would also take UTF-16 and UTF-32, which the span scan (and the SDK) never
                 # meet; such a body names no deployment here and is sent as it is.
                 parsed = json.loads(body.decode())
             except ValueError:
-                return None
+                return None, None
             model = parsed.get("model") if isinstance(parsed, dict) else None
         else:
+            parsed = None
             self._model_span = model_span(body)
             model = None if self._model_span is None else _decoded(body[self._model_span[0] : self._model_span[1]])
-        return model if isinstance(model, str) and model else None
+        return (model if isinstance(model, str) and model else None), parsed
 
     def _is_json(self) -> bool:
         for _, name, value in self._headers:

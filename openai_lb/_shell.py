@@ -204,7 +204,14 @@ class BalancingShell:
     # -- the pieces both loops share
 
     def _template(self, request: Any, body: bytes) -> RequestTemplate:
-        return RequestTemplate(request.url.raw_path, self._stack.read_headers(request.headers), body, self._endpoints)
+        return RequestTemplate(
+            request.url.raw_path,
+            self._stack.read_headers(request.headers),
+            body,
+            self._endpoints,
+            method=request.method,
+            affinity=self.balancer.policy.affinity,
+        )
 
     def _build(self, request: Any, template: RequestTemplate, attempt: Attempt, credential: Any) -> Any:
         outgoing = template.for_backend(attempt.backend, attempt.deployment, credential)
@@ -232,12 +239,13 @@ class BalancingShell:
 
     def _deliver(self, request: Any, response: Any, framing: Framing, call: Call, attempt: Attempt) -> Any:
         response.headers[BACKEND_HEADER] = attempt.backend.name
-        if (
-            framing.media_type == EVENT_STREAM
-            and framing.close_delimited(response.http_version)
-            and has_terminal_event(request.url.path)
-        ):
+        if framing.media_type != EVENT_STREAM:
+            return response
+        if framing.close_delimited(response.http_version) and has_terminal_event(request.url.path):
             response.stream = self._stack.checked_stream(response.stream, lambda error: call.cut(attempt, error))
+        tap = call.stream_tap(attempt, response.status_code)
+        if tap is not None:
+            response.stream = self._stack.tapped_stream(response.stream, tap)
         return response
 
     def _framing(self, response: Any, call: Call, status: int) -> tuple[Framing, bool]:
@@ -302,7 +310,7 @@ class BalancingShell:
         template = self._template(request, request.read())
         if template.outside:
             return self._answer(request, OUTSIDE_THE_BASE)
-        call = self.balancer.begin(template.deployment)
+        call = self.balancer.begin(template.deployment, template.stateful)
         inner = self._sync_transport()
         while True:
             step = call.next()
@@ -347,7 +355,7 @@ class BalancingShell:
         template = self._template(request, await request.aread())
         if template.outside:
             return self._answer(request, OUTSIDE_THE_BASE)
-        call = self.balancer.begin(template.deployment)
+        call = self.balancer.begin(template.deployment, template.stateful)
         inner = self._async_transport()
         while True:
             step = call.next()

@@ -47,6 +47,9 @@ class HttpStack:
     checked_stream: type
     """A byte stream (sync and async) of this library that raises where an event stream ends early:
     ``checked_stream(inner, on_cut)``, ``on_cut(error)`` told of the cut (or the read error) first."""
+    tapped_stream: type
+    """A byte stream (sync and async) of this library that shows each chunk to ``tap`` before passing it
+    on, until ``tap`` returns False: ``tapped_stream(inner, tap)``."""
 
     def __repr__(self) -> str:
         return f"HttpStack({self.name!r})"
@@ -104,7 +107,15 @@ def load_stack(name: StackName) -> HttpStack:
         # httpx2 lets some TLS and stream-end failures of its I/O layer through unmapped.
         failover += (ssl.SSLError, anyio.EndOfStream)
     local = (module.LocalProtocolError, module.UnsupportedProtocol, module.PoolTimeout)
-    return HttpStack(name, module, failover, local, keeps_header_triples(module), _checked_stream(module, failover))
+    return HttpStack(
+        name,
+        module,
+        failover,
+        local,
+        keeps_header_triples(module),
+        _checked_stream(module, failover),
+        _tapped_stream(module),
+    )
 
 
 def _checked_stream(module: Any, failover: tuple[type[BaseException], ...]) -> type:
@@ -150,6 +161,37 @@ def _checked_stream(module: Any, failover: tuple[type[BaseException], ...]) -> t
             await self._inner.aclose()
 
     return CheckedStream
+
+
+def _tapped_stream(module: Any) -> type:
+    class TappedStream(module.SyncByteStream, module.AsyncByteStream):  # type: ignore[misc]
+        """Passes a stream through as it comes, showing its first chunks to ``tap`` on the way."""
+
+        def __init__(self, inner: Any, tap: Callable[[bytes], bool]) -> None:
+            self._inner = inner
+            self._tap = tap
+
+        def __iter__(self) -> Iterator[bytes]:
+            tapping = True
+            for chunk in self._inner:
+                if tapping:
+                    tapping = self._tap(chunk)
+                yield chunk
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            tapping = True
+            async for chunk in self._inner:
+                if tapping:
+                    tapping = self._tap(chunk)
+                yield chunk
+
+        def close(self) -> None:
+            self._inner.close()
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    return TappedStream
 
 
 def installed_stacks() -> tuple[HttpStack, ...]:

@@ -48,6 +48,10 @@ class BackendStatus:
     failures: int
     """5xx answers in the failover list, transport errors, missing deployments and credential failures."""
     failovers_away: int
+    pinned: int
+    """Attempts sent here because the backend holds an object the request names (stateful affinity)."""
+    discovered: int
+    """Requests that found here objects this process had not seen."""
     last_failure: str | None
     """The status (``"HTTP 503"``, ``"HTTP 429"``) or exception type of the last failure."""
     last_failure_at: float | None
@@ -60,11 +64,13 @@ class Stats:
     __slots__ = (
         "attempts",
         "client_errors",
+        "discovered",
         "failovers_away",
         "failures",
         "in_flight",
         "last_failure",
         "last_failure_at",
+        "pinned",
         "rate_limited",
         "successes",
     )
@@ -72,6 +78,7 @@ class Stats:
     def __init__(self) -> None:
         self.attempts = self.successes = self.client_errors = self.rate_limited = 0
         self.failures = self.failovers_away = self.in_flight = 0
+        self.pinned = self.discovered = 0
         self.last_failure: str | None = None
         self.last_failure_at: float | None = None
 
@@ -90,6 +97,22 @@ class StatsBook:
             stats = self.by_key[key]
             stats.attempts += 1
             stats.in_flight += 1
+
+    def pinned(self, key: str) -> None:
+        """The attempt just sent went there for the objects it holds."""
+        with self._lock:
+            self.by_key[key].pinned += 1
+
+    def discovered(self, key: str) -> None:
+        with self._lock:
+            self.by_key[key].discovered += 1
+
+    def passed(self, key: str) -> None:
+        """The backend answered that it does not hold an object the request names: no failure of its own."""
+        with self._lock:
+            stats = self.by_key[key]
+            stats.in_flight -= 1
+            stats.failovers_away += 1
 
     def answered(self, key: str, status: int) -> None:
         with self._lock:
