@@ -26,6 +26,7 @@ from ._config import Backend, Policy, TokenProvider
 from ._core import Balancer
 from ._errors import ConfigurationError, OpenAILBError
 from ._events import (
+    Affinity,
     AllBackendsCooling,
     AttemptFinished,
     AttemptStarted,
@@ -36,6 +37,7 @@ from ._events import (
     NoBackendCanServe,
     Origin,
     Outcome,
+    OwnerDiscovered,
     StoreDisconnected,
     StoreReconnected,
 )
@@ -55,6 +57,7 @@ _TRANSPORTS = {"HTTPXTransport": "httpx", "HTTPX2Transport": "httpx2"}
 
 __all__ = [
     "BACKEND_HEADER",
+    "Affinity",
     "AllBackendsCooling",
     "AsyncAzureOpenAI",
     "AttemptFinished",
@@ -78,6 +81,7 @@ __all__ = [
     "OpenAILBError",
     "Origin",
     "Outcome",
+    "OwnerDiscovered",
     "Patch",
     "Policy",
     "Reason",

@@ -19,6 +19,7 @@ from ._events import (
     BackendRecovered,
     Event,
     NoBackendCanServe,
+    OwnerDiscovered,
     StoreDisconnected,
     StoreReconnected,
 )
@@ -50,7 +51,17 @@ def log_event(event: Event) -> None:
     if not log.isEnabledFor(level):
         return
     if isinstance(event, AttemptStarted):
-        log.log(level, "attempt %d: %s (deployment %r)", event.number, event.backend, event.deployment)
+        if event.affinity is None:
+            log.log(level, "attempt %d: %s (deployment %r)", event.number, event.backend, event.deployment)
+        else:
+            log.log(
+                level,
+                "attempt %d: %s (deployment %r, %s)",
+                event.number,
+                event.backend,
+                event.deployment,
+                event.affinity,
+            )
     elif isinstance(event, AttemptFinished):
         _finished(level, event)
     elif isinstance(event, BackendCooled):
@@ -67,6 +78,14 @@ def log_event(event: Event) -> None:
         )
     elif isinstance(event, NoBackendCanServe):
         _refused(level, event)
+    elif isinstance(event, OwnerDiscovered):
+        log.log(
+            level,
+            "%s holds %s: requests naming them go there (found in %d attempts)",
+            event.backend,
+            ", ".join(repr(object_id) for object_id in event.object_ids),
+            event.attempts,
+        )
     elif isinstance(event, StoreDisconnected):
         log.log(
             level,
@@ -81,6 +100,8 @@ def log_event(event: Event) -> None:
 def _finished(level: int, event: AttemptFinished) -> None:
     if event.outcome == "skipped":
         log.log(level, "%s: azure_ad_token_provider failed (%s); failing over", event.backend, event.error)
+    elif event.outcome == "not_here":
+        log.log(level, "%s does not hold the objects named (HTTP %s): looking further", event.backend, event.status)
     elif event.outcome == "failure":
         what = f"HTTP {event.status}" if event.status is not None else event.error
         log.log(level, "%s failed (%s): failing over", event.backend, what)
@@ -120,5 +141,7 @@ def _cooled(level: int, event: BackendCooled) -> None:
 def _refused(level: int, event: NoBackendCanServe) -> None:
     if event.reason == "credentials":
         log.log(level, "no token for any backend of deployment %r: answering %d", event.deployment, event.status)
+    elif event.reason == "objects_apart":
+        log.log(level, "the request names objects held by different backends: answering %d", event.status)
     else:
         log.log(level, "no backend has deployment %r: answering %d", event.deployment, event.status)

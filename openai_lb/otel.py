@@ -78,6 +78,7 @@ _OUTCOME = "openai_lb.outcome"
 _STATUS = "http.response.status_code"
 _ERROR = "error.type"
 _FAILOVERS = "openai_lb.failovers"
+_AFFINITY = "openai_lb.affinity"
 
 # Attribute sets are built once per combination and shared; the SDK keeps references to them, so
 # they are never changed. Deployments come from callers, hence a bound (cleared, then rebuilt).
@@ -136,7 +137,7 @@ class OpenTelemetryHook:
     # -- per event
 
     def _finished(self, event: AttemptFinished) -> None:
-        key = (event.backend, event.url, event.deployment, event.outcome, event.status, event.error)
+        key = (event.backend, event.url, event.deployment, event.outcome, event.status, event.error, event.affinity)
         attributes = self._attempt_attributes.get(key)
         if attributes is None:
             attributes = self._remember(self._attempt_attributes, key, self._attempt_attributes_for(event))
@@ -199,6 +200,8 @@ class OpenTelemetryHook:
         error = _error_type(event.status, event.error)
         if error is not None:
             built[_ERROR] = error
+        if event.affinity is not None:  # pinned to the holder of an object, or looking for it
+            built[_AFFINITY] = event.affinity
         return built
 
     @staticmethod
