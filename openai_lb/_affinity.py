@@ -76,6 +76,8 @@ _OPAQUE = frozenset({"metadata", "parameters", "schema", "properties"})
 # 400s that say a referenced object is not on this resource.
 _NOT_FOUND_CODES = frozenset({"previous_response_not_found", "conversation_not_found", "file_not_found"})
 _NOT_FOUND_WORDS = re.compile(r"(?i)\bnot found\b|\bno such\b|\bdoes not exist\b")
+# A JSON object whose first key is "id", with a plain string value (no escapes to undo).
+_LEADING_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*"([^"\\]{1,512})"')
 
 
 class Stateful(NamedTuple):
@@ -108,7 +110,8 @@ def route_of(path: bytes) -> tuple[Route, list[str]] | None:
     route = _BY_FIRST.get(path[start : slash if slash >= 0 else len(path)].decode("latin-1"))
     if route is None:
         return None
-    segments = [unquote(part) for part in path[start:].decode("latin-1").split("/")]
+    # A trailing slash names nothing more: /files/{id}/ is /files/{id}.
+    segments = [unquote(part) for part in path[start:].rstrip(b"/").decode("latin-1").split("/")]
     if segments[: len(route.collection)] != list(route.collection):
         return None
     return route, segments[len(route.collection) :]
@@ -188,9 +191,15 @@ def created_id(learns: tuple[str, ...], body: bytes | None) -> str | None:
     """The id a 2xx JSON answer names at ``learns``; None when it names none."""
     if not body:
         return None
+    if learns == ("id",):
+        # Azure's answers open with their id: a large answer need not be parsed to learn it.
+        leading = _LEADING_ID.match(body)
+        if leading is not None:
+            found = leading.group(1).decode("utf-8", "replace")
+            return found if _is_id(found) else None
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
     return _follow(parsed, learns)
 
@@ -212,12 +221,13 @@ def not_here(status: int, body: bytes | None) -> bool:
         return False
     try:
         error = json.loads(body).get("error")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return False
     if not isinstance(error, dict):
         return False
     message = error.get("message")
-    return error.get("code") in _NOT_FOUND_CODES or (
+    code = error.get("code")
+    return (isinstance(code, str) and code in _NOT_FOUND_CODES) or (
         isinstance(message, str) and _NOT_FOUND_WORDS.search(message) is not None
     )
 
@@ -272,7 +282,7 @@ class FirstId:
             return None
         try:
             parsed = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if isinstance(parsed, dict) and isinstance(parsed.get("response"), dict):
             parsed = parsed["response"]

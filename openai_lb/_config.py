@@ -270,6 +270,9 @@ class Policy:
     """How many object ids the health store remembers the backend of; the least recently used go first."""
     affinity_ttl: float = 30 * 86_400.0
     """Seconds an object's backend is remembered (30 days: Azure's retention of stored responses)."""
+    context_failover: bool = True
+    """Move a request whose prompt exceeds a deployment's context window (400 ``context_length_exceeded``)
+    to the next backend not tried yet, without cooling anything; the caller gets the last such 400."""
 
     def __post_init__(self) -> None:
         for label in ("default_cooldown", "max_cooldown", "breaker_base", "breaker_max"):
@@ -287,8 +290,9 @@ class Policy:
             raise ConfigurationError(
                 f"Policy.headers_timeout must be a positive number of seconds or None, got {limit!r}."
             )
-        if not isinstance(self.affinity, bool):
-            raise ConfigurationError(f"Policy.affinity must be True or False, got {self.affinity!r}.")
+        for switch in ("affinity", "context_failover"):
+            if not isinstance(getattr(self, switch), bool):
+                raise ConfigurationError(f"Policy.{switch} must be True or False, got {getattr(self, switch)!r}.")
         capacity = self.affinity_capacity
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ConfigurationError(

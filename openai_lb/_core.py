@@ -176,14 +176,21 @@ class Balancer:
         )
 
 
-def _is_deployment_not_found(body: bytes | None) -> bool:
-    if not body or b"DeploymentNotFound" not in body:
-        return False
+def _error_code(body: bytes | None) -> object:
     try:
-        error = json.loads(body).get("error", {})
-        return isinstance(error, dict) and error.get("code") == "DeploymentNotFound"
-    except (ValueError, AttributeError):
-        return False
+        error = json.loads(body or b"").get("error", {})
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return error.get("code") if isinstance(error, dict) else None
+
+
+def _is_too_long(body: bytes | None) -> bool:
+    """A 400 saying the prompt exceeds the deployment's context window."""
+    return body is not None and b"context_length_exceeded" in body and _error_code(body) == "context_length_exceeded"
+
+
+def _is_deployment_not_found(body: bytes | None) -> bool:
+    return body is not None and b"DeploymentNotFound" in body and _error_code(body) == "DeploymentNotFound"
 
 
 class Call:
@@ -294,8 +301,8 @@ class Call:
 
     def needs_body(self, status: int) -> bool:
         """Whether ``report`` needs the body of this answer: 404s (DeploymentNotFound, or an object not
-        held there) and, for a request naming objects, 400s (a referenced object not found)."""
-        return status == 404 or (status == 400 and self._affinity is not None)
+        held there) and 400s (a referenced object not found, a prompt too long for the context window)."""
+        return status in {400, 404}
 
     def report(self, attempt: Attempt, status: int, headers: Mapping[str, str], body: bytes | None) -> bool:
         """Learn from an HTTP answer; True means hand it to the caller, False means fail over."""
@@ -317,7 +324,17 @@ class Call:
             balancer.stats.failed(backend.key, "DeploymentNotFound", balancer.wall_clock())
             self._cooled(attempt, "deployment_missing", balancer.policy.max_cooldown, None, now)
             return False
-        if self._affinity is not None and not_here(status, body) and not self._missing(attempt, status):
+        if self._affinity is not None and not_here(status, body):
+            if self._affinity == "pinned":
+                self._lost()
+            elif self._elsewhere(attempt, status, "not_here"):
+                return False
+        elif (
+            status == 400
+            and balancer.policy.context_failover
+            and _is_too_long(body)
+            and self._elsewhere(attempt, status, "context_too_long")
+        ):
             return False
         if status in balancer.policy.failover_statuses:
             self._trip(attempt, f"HTTP {status}", status)
@@ -335,33 +352,43 @@ class Call:
             self._learn(attempt, body, now)
         return True
 
-    def _missing(self, attempt: Attempt, status: int) -> bool:
-        """The backend does not hold an object the request names. True: look on the next backend that
-        might (no cooldown: the backend is fine); False: hand this answer to the caller."""
+    def _lost(self) -> None:
+        """The holder answered that it does not hold what the request names: deleted by another client
+        or expired. Unless an id never seen before is the one missing, they are forgotten."""
+        if not self._unknown:
+            assert self._stateful is not None
+            for object_id in self._stateful.ids:
+                self._balancer.store.forget(object_id)
+
+    def _elsewhere(self, attempt: Attempt, status: int, outcome: Outcome) -> bool:
+        """This backend cannot take the request (it does not hold an object the request names, or the
+        prompt exceeds its context window), with nothing wrong with the backend. True: the request
+        moves on to a backend not tried yet, and nothing cools; False: none is left, the caller gets
+        this answer.
+
+        A backend already tried that was only busy (429, 5xx) may still be the one: the request
+        moves on, and once nothing is left to try the caller gets the 429 with its remaining wait."""
         balancer = self._balancer
-        if self._affinity == "pinned":
-            if not self._unknown:  # the holder lost them (deleted by another client, expired)
-                assert self._stateful is not None
-                for object_id in self._stateful.ids:
-                    balancer.store.forget(object_id)
-            return False
         now = balancer.clock()
-        tried = self._tried
+        ruled_out = self._absent or ()
+        skipped = self._skipped or ()
+        this = attempt.backend.key
         for backend in self._pool:
-            if backend.key in tried:
+            key = backend.key
+            if key == this or key in ruled_out or key in skipped:
                 continue
-            found = balancer.store.blocked(backend.key, backend.deployment_for(self.deployment) or "", now)
+            found = balancer.store.blocked(key, backend.deployment_for(self.deployment) or "", now)
             if found is None or found.reason != "deployment_missing":
                 break
         else:
-            return False  # nobody else can have them: the caller gets this backend's answer
+            return False  # nobody else can take it: the caller gets this backend's answer
         balancer.stats.passed(attempt.backend.key)
         if self._absent is None:
             self._absent = set()
         self._absent.add(attempt.backend.key)
         hooks = balancer.listeners(DETAIL)
         if hooks:
-            self._finished(hooks, attempt, "not_here", status, None, now=now)
+            self._finished(hooks, attempt, outcome, status, None, now=now)
         return True
 
     def _learn(self, attempt: Attempt, body: bytes | None, now: float) -> None:

@@ -48,15 +48,24 @@ __all__ = [
 log = logging.getLogger("openai_lb")
 
 Outcome = Literal[
-    "success", "client_error", "rate_limited", "deployment_missing", "failure", "skipped", "not_here", "abandoned"
+    "success",
+    "client_error",
+    "rate_limited",
+    "deployment_missing",
+    "failure",
+    "skipped",
+    "not_here",
+    "context_too_long",
+    "abandoned",
 ]
 """How an attempt ended.
 
 ``success`` and ``client_error`` (a 4xx other than 429) are handed to the caller;
 ``rate_limited`` (429), ``deployment_missing`` (404 DeploymentNotFound), ``failure`` (a failover
 status such as 5xx, or a connection error or timeout), ``skipped`` (this client's credential
-for the backend could not be obtained) and ``not_here`` (the backend does not hold an object the
-request names, while openai_lb looks for the one that does) fail over to the next backend;
+for the backend could not be obtained), ``not_here`` (the backend does not hold an object the
+request names, while openai_lb looks for the one that does) and ``context_too_long`` (the prompt
+exceeds this deployment's context window) fail over to the next backend;
 ``abandoned`` means the attempt ended without a verdict on the backend: the request was cancelled
 or failed on this machine.
 """
@@ -68,7 +77,9 @@ them, or ``discovery``, looking for the backend holding an id not seen before.""
 Origin = Literal["local", "fleet"]
 """Where a cooldown was learned: from an answer to this process, or from another process sharing its store."""
 
-FAILED_OVER: frozenset[Outcome] = frozenset({"rate_limited", "deployment_missing", "failure", "skipped", "not_here"})
+FAILED_OVER: frozenset[Outcome] = frozenset(
+    {"rate_limited", "deployment_missing", "failure", "skipped", "not_here", "context_too_long"}
+)
 
 
 @dataclass(frozen=True, slots=True)

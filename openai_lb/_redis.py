@@ -455,7 +455,7 @@ class RedisHealthStore(InMemoryHealthStore):
     def _listen_loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8.2
             try:
                 pubsub.subscribe(self._channel)
                 self._client.ping()
