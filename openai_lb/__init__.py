@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._clients import AsyncAzureOpenAI, AzureOpenAI
 from ._config import Backend, Policy, TokenProvider
-from ._core import Balancer
+from ._core import Balancer, reset_state
 from ._errors import ConfigurationError, OpenAILBError
 from ._events import (
     Affinity,
@@ -41,7 +41,7 @@ from ._events import (
     StoreDisconnected,
     StoreReconnected,
 )
-from ._health import BackendHealth, Block, HealthStore, InMemoryHealthStore, Reason, Trip, reset_state
+from ._health import BackendHealth, Block, HealthStore, InMemoryHealthStore, Reason, Trip
 from ._loading import backends_from_json, load_backends
 from ._patch import Patch, is_patched, patch, unpatch
 from ._shell import BACKEND_HEADER

@@ -38,7 +38,9 @@ class Backend:
     ``api_key`` or ``azure_ad_token_provider`` is this backend's own credential; with
     neither, the client's credential is used. ``deployments`` maps the deployment (model)
     name callers use to this backend's deployment name. ``name`` (default: the URL without
-    its scheme) is what logs and the ``x-openai-lb-backend`` header show.
+    its scheme) is what logs and the ``x-openai-lb-backend`` header show. ``spillover_deployment``
+    names a standard deployment of the same Azure resource that Azure itself spills this
+    backend's overflow to (sent as the ``x-ms-spillover-deployment`` request header).
     """
 
     url: str
@@ -48,6 +50,7 @@ class Backend:
     azure_ad_token_provider: TokenProvider | None = field(default=None, repr=False)
     deployments: Mapping[str, str] = field(default_factory=dict)
     name: str = ""
+    spillover_deployment: str | None = None
     # Derived once here so the per-request path does no parsing.
     key: str = field(init=False, repr=False)
     """The normalised URL: the identity of this backend's health across clients."""
@@ -66,6 +69,7 @@ class Backend:
         azure_ad_token_provider: TokenProvider | None = None,
         deployments: Mapping[str, str] | None = None,
         name: str | None = None,
+        spillover_deployment: str | None = None,
     ) -> None:
         scheme, netloc, prefix = _split_url(url)
         label = name if isinstance(name, str) and name else f"{netloc}{prefix}"
@@ -77,6 +81,7 @@ class Backend:
             token_provider=azure_ad_token_provider,
             deployments=deployments,
             name=name,
+            spillover_deployment=spillover_deployment,
         )
         setattr_ = object.__setattr__
         setattr_(self, "url", url)
@@ -86,6 +91,7 @@ class Backend:
         setattr_(self, "azure_ad_token_provider", azure_ad_token_provider)
         setattr_(self, "deployments", MappingProxyType(dict(deployments)) if deployments else _EMPTY)
         setattr_(self, "name", label)
+        setattr_(self, "spillover_deployment", spillover_deployment)
         setattr_(self, "scheme", scheme)
         setattr_(self, "netloc", netloc)
         setattr_(self, "prefix", prefix)
@@ -94,9 +100,10 @@ class Backend:
     def __repr__(self) -> str:
         credential = "api_key" if self.api_key else "token_provider" if self.azure_ad_token_provider else "client's"
         deployments = f", deployments={dict(self.deployments)!r}" if self.deployments else ""
+        spillover = "" if self.spillover_deployment is None else f", spillover_deployment={self.spillover_deployment!r}"
         return (
             f"Backend({self.name!r}, url={self.key!r}, priority={self.priority}, weight={self.weight}, "
-            f"credential={credential}{deployments})"
+            f"credential={credential}{deployments}{spillover})"
         )
 
     def deployment_for(self, requested: str | None) -> str | None:
@@ -184,6 +191,7 @@ def _check_backend_fields(
     token_provider: object,
     deployments: object,
     name: object,
+    spillover_deployment: object,
 ) -> None:
     def fail(problem: str) -> ConfigurationError:
         return ConfigurationError(f"Backend {label!r}: {problem}")
@@ -215,6 +223,13 @@ def _check_backend_fields(
         for requested, actual in deployments.items():
             if not (isinstance(requested, str) and requested and isinstance(actual, str) and actual):
                 raise fail(f"deployments entries must be non-empty strings, got {requested!r}: {actual!r}.")
+    if spillover_deployment is not None and not (
+        isinstance(spillover_deployment, str) and header_safe(spillover_deployment)
+    ):
+        raise fail(
+            f"spillover_deployment must name a standard deployment of the same resource, in characters a header "
+            f"can carry, got {spillover_deployment!r}."
+        )
 
 
 def validate_backends(backends: object) -> tuple[Backend, ...]:
@@ -273,6 +288,21 @@ class Policy:
     context_failover: bool = True
     """Move a request whose prompt exceeds a deployment's context window (400 ``context_length_exceeded``)
     to the next backend not tried yet, without cooling anything; the caller gets the last such 400."""
+    headroom: bool = True
+    """Read each answer's rate-limit headers and pass over, inside a tier, a backend whose known headroom
+    cannot fit the request (its estimate plus the requests in flight there); nothing cools. When every
+    backend would be passed over, they are tried in the usual order. False: answers' headers are not read."""
+    headroom_horizon: float = 1.0
+    """Seconds a reading counts after its answer (less when its ``x-ratelimit-reset-*`` says sooner). A
+    backend passed over sends no new readings, so this is also how long a full one is left alone."""
+    headroom_utilization: float = 95.0
+    """Percent of a provisioned deployment's utilisation at which it is passed over."""
+    headroom_output_tokens: int = 1_000
+    """Output tokens a request is assumed to claim when it names no ``max_tokens``,
+    ``max_completion_tokens`` or ``max_output_tokens``."""
+    headroom_tokenizer: str | None = None
+    """A tiktoken encoding (e.g. ``"o200k_base"``) to count prompt tokens exactly (extra ``tokens``);
+    None: about four bytes of the body per token, base64 image data left out."""
 
     def __post_init__(self) -> None:
         for label in ("default_cooldown", "max_cooldown", "breaker_base", "breaker_max"):
@@ -290,7 +320,7 @@ class Policy:
             raise ConfigurationError(
                 f"Policy.headers_timeout must be a positive number of seconds or None, got {limit!r}."
             )
-        for switch in ("affinity", "context_failover"):
+        for switch in ("affinity", "context_failover", "headroom"):
             if not isinstance(getattr(self, switch), bool):
                 raise ConfigurationError(f"Policy.{switch} must be True or False, got {getattr(self, switch)!r}.")
         capacity = self.affinity_capacity
@@ -301,6 +331,7 @@ class Policy:
         ttl = self.affinity_ttl
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (math.isfinite(ttl) and ttl > 0):
             raise ConfigurationError(f"Policy.affinity_ttl must be a positive number of seconds, got {ttl!r}.")
+        self._check_headroom()
         if self.default_cooldown > self.max_cooldown:
             raise ConfigurationError("Policy.default_cooldown must not exceed Policy.max_cooldown.")
         if self.breaker_base > self.breaker_max:
@@ -313,6 +344,31 @@ class Policy:
                 f"(429 always fails over with its own cooldown), got {sorted(statuses, key=str)!r}."
             )
         object.__setattr__(self, "failover_statuses", statuses)
+
+    def _check_headroom(self) -> None:
+        horizon = self.headroom_horizon
+        if (
+            isinstance(horizon, bool)
+            or not isinstance(horizon, (int, float))
+            or not (math.isfinite(horizon) and horizon > 0)
+        ):
+            raise ConfigurationError(f"Policy.headroom_horizon must be a positive number of seconds, got {horizon!r}.")
+        threshold = self.headroom_utilization
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 100:
+            raise ConfigurationError(
+                f"Policy.headroom_utilization must be a percentage above 0 and at most 100, got {threshold!r}."
+            )
+        output = self.headroom_output_tokens
+        if isinstance(output, bool) or not isinstance(output, int) or output < 0:
+            raise ConfigurationError(
+                f"Policy.headroom_output_tokens must be a whole number of tokens, 0 or more, got {output!r}."
+            )
+        tokenizer = self.headroom_tokenizer
+        if tokenizer is not None and (not isinstance(tokenizer, str) or not tokenizer):
+            raise ConfigurationError(
+                f"Policy.headroom_tokenizer must name a tiktoken encoding such as 'o200k_base', or be None, "
+                f"got {tokenizer!r}."
+            )
 
 
 def first_of(backends: Sequence[Backend]) -> Backend:

@@ -34,11 +34,12 @@ from ._events import (
     hooks_from,
 )
 from ._headers import cooldown_from_headers
+from ._headroom import HeadroomBook, Reading, Signals, Slot, book_for, estimate, read_signals, tiktoken_counter
 from ._health import HealthStore, Reason, default_store
 from ._logging import DETAIL, NOTICE, log, log_event
 from ._status import BackendState, BackendStatus, DeploymentCooldown, StatsBook
 
-__all__ = ["OUTSIDE_THE_BASE", "Attempt", "Balancer", "Call", "SyntheticResponse"]
+__all__ = ["OUTSIDE_THE_BASE", "Attempt", "Balancer", "Call", "SyntheticResponse", "reset_state"]
 
 Clock = Callable[[], float]
 
@@ -74,15 +75,19 @@ class Balancer:
     one shared across processes, or None for the process-wide default. All three are injectable for tests.
     ``client_wait_limit`` is the longest Retry-After the SDK in use will honour; beyond it
     the synthetic 429 says ``x-should-retry: false``. ``on_event`` hooks receive the events
-    of ``openai_lb._events``; with none, no event is even built.
+    of ``openai_lb._events``; with none, no event is even built. With ``Policy.headroom`` the
+    readings of the answers' rate-limit headers go to the ``HeadroomBook`` of ``store``.
     """
 
     __slots__ = (
         "__weakref__",  # hooks that read status() (OpenTelemetry) hold balancers weakly
         "_by_key",
         "_by_priority",
+        "_count_tokens",
         "_logged",
+        "_reads",
         "backends",
+        "book",
         "client_wait_limit",
         "clock",
         "hooks",
@@ -116,6 +121,13 @@ class Balancer:
         self._by_priority = tuple(sorted(self.backends, key=lambda b: b.priority))
         self._by_key = {backend.key: backend for backend in self.backends}
         self.stats = StatsBook([b.key for b in self.backends])
+        policy = self.policy
+        self.book: HeadroomBook | None = book_for(self.store) if policy.headroom else None
+        self._count_tokens = (
+            tiktoken_counter(policy.headroom_tokenizer) if policy.headroom and policy.headroom_tokenizer else None
+        )
+        # Answers' headers are read for headroom, and for Azure's own spillover where a backend asks for it.
+        self._reads = policy.headroom or any(b.spillover_deployment for b in self.backends)
         self.hooks = hooks_from(on_event)
         # Logging is one more hook, called first; it is in the way only while the logger would print.
         self._logged: tuple[EventHook, ...] = (log_event, *self.hooks)
@@ -128,10 +140,18 @@ class Balancer:
         """The hooks an event logged at ``level`` goes to; empty when nobody would see it."""
         return self._logged if log.isEnabledFor(level) else self.hooks
 
-    def begin(self, deployment: str | None, stateful: Stateful | None = None) -> Call:
+    def begin(
+        self,
+        deployment: str | None,
+        stateful: Stateful | None = None,
+        body: bytes | None = None,
+        output_tokens: int | None = None,
+    ) -> Call:
         """Start one caller request for ``deployment`` (None when the request names none); ``stateful``
-        when it names objects held by one backend or creates one (ignored with ``Policy(affinity=False)``)."""
-        return Call(self, deployment, stateful if self.policy.affinity else None)
+        when it names objects held by one backend or creates one (ignored with ``Policy(affinity=False)``).
+        ``body`` (JSON) and ``output_tokens`` (its output limit, when a parse found one) make the request's
+        cost estimate, computed only if a backend it may go to has sent a reading."""
+        return Call(self, deployment, stateful if self.policy.affinity else None, body, output_tokens)
 
     def status(self) -> tuple[BackendStatus, ...]:
         """An immutable snapshot of every backend, in configuration order; never holds a credential."""
@@ -171,6 +191,8 @@ class Balancer:
             failovers_away=stats.failovers_away,
             pinned=stats.pinned,
             discovered=stats.discovered,
+            passed_over=stats.passed_over,
+            spilled=stats.spilled,
             last_failure=stats.last_failure,
             last_failure_at=stats.last_failure_at,
         )
@@ -205,6 +227,10 @@ class Call:
         "_absent",
         "_affinity",
         "_balancer",
+        "_body",
+        "_cost",
+        "_hold",
+        "_output",
         "_pool",
         "_skipped",
         "_split",
@@ -215,8 +241,21 @@ class Call:
         "deployment",
     )
 
-    def __init__(self, balancer: Balancer, deployment: str | None, stateful: Stateful | None = None) -> None:
+    def __init__(
+        self,
+        balancer: Balancer,
+        deployment: str | None,
+        stateful: Stateful | None = None,
+        body: bytes | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
         self._balancer = balancer
+        self._body = body
+        self._output = output_tokens
+        self._cost: int | None = None
+        """The request's estimated cost in tokens, once some backend's reading needed it."""
+        self._hold: tuple[Slot, int] | None = None
+        """The reservation of the attempt in flight: its slot and ticket."""
         self.deployment = deployment
         self._tried: set[str] = set()
         self._skipped: dict[str, str] | None = None
@@ -260,22 +299,16 @@ class Call:
         """The next backend to try, or the answer to give when none is usable now."""
         balancer = self._balancer
         now = balancer.clock()
-        blocked = balancer.store.blocked
-        tried = self._tried
-        tier = 0
-        candidates: list[Backend] = []
-        for backend in self._pool:
-            if candidates and backend.priority != tier:
-                break
-            if backend.key in tried:
-                continue
-            if blocked(backend.key, backend.deployment_for(self.deployment) or "", now) is None:
-                tier = backend.priority
-                candidates.append(backend)
+        candidates, after = self._tier(0, now)
         if not candidates:
             return self._answer(now)
-        chosen = candidates[0] if len(candidates) == 1 else self._pick(candidates)
-        tried.add(chosen.key)
+        book = balancer.book
+        passed: tuple[Backend, ...] = ()
+        if book is None:
+            chosen = candidates[0] if len(candidates) == 1 else self._pick(candidates)
+        else:
+            chosen, passed = self._with_room(book, candidates, after, now)
+        self._tried.add(chosen.key)
         balancer.stats.sent(chosen.key)
         if self._affinity == "pinned":
             balancer.stats.pinned(chosen.key)
@@ -285,11 +318,111 @@ class Call:
         hooks = balancer.listeners(DETAIL)
         if hooks:
             try:
-                emit(hooks, AttemptStarted(chosen.name, chosen.key, deployment, self.attempts, self._affinity))
+                names = tuple(backend.name for backend in passed)
+                emit(hooks, AttemptStarted(chosen.name, chosen.key, deployment, self.attempts, self._affinity, names))
             except BaseException as error:  # a hook's KeyboardInterrupt: the attempt never leaves
                 self.release(attempt, error)
                 raise
         return attempt
+
+    def _tier(self, start: int, now: float) -> tuple[list[Backend], int]:
+        """The backends of the first tier from ``start`` in the pool that this call may try now (not tried, not
+        cooling), and where the tier after them starts."""
+        blocked = self._balancer.store.blocked
+        tried = self._tried
+        pool = self._pool
+        tier = 0
+        candidates: list[Backend] = []
+        for index in range(start, len(pool)):
+            backend = pool[index]
+            if candidates and backend.priority != tier:
+                return candidates, index
+            if backend.key in tried:
+                continue
+            if blocked(backend.key, backend.deployment_for(self.deployment) or "", now) is None:
+                tier = backend.priority
+                candidates.append(backend)
+        return candidates, len(pool)
+
+    def _with_room(
+        self, book: HeadroomBook, first: list[Backend], after: int, now: float
+    ) -> tuple[Backend, tuple[Backend, ...]]:
+        """The backend to try, the first by priority (and weight) that can fit the request, with the estimate
+        reserved there; and the backends passed over on the way. With none that fits, the usual choice."""
+        policy = self._balancer.policy
+        check = (now, policy.headroom_horizon, policy.headroom_utilization)
+        passed: list[Backend] = []
+        tier = first
+        while tier:
+            left = list(tier)
+            while left:
+                backend = left[0] if len(left) == 1 else self._pick(left)
+                if self._reserve(book, backend, now, check):
+                    if passed:
+                        self._balancer.stats.passed_over([b.key for b in passed])
+                    return backend, tuple(passed)
+                left.remove(backend)
+                passed.append(backend)
+            tier, after = self._tier(after, now)
+        # Every backend would be passed over: never a 429 on an estimate alone, the usual order instead.
+        chosen = first[0] if len(first) == 1 else self._pick(first)
+        self._reserve(book, chosen, now, None)
+        return chosen, ()
+
+    def _reserve(
+        self, book: HeadroomBook, backend: Backend, now: float, check: tuple[float, float, float] | None
+    ) -> bool:
+        """Reserve the request's estimate on ``backend`` if it fits (always, without ``check``); a backend that
+        never sent a reading takes it without a reservation."""
+        slot = book.slot(backend.key, backend.deployment_for(self.deployment) or "")
+        if slot is None:
+            return True
+        cost = self._cost
+        if cost is None:
+            balancer = self._balancer
+            cost = self._cost = estimate(
+                self._body, self._output, balancer.policy.headroom_output_tokens, balancer._count_tokens
+            )
+        ticket = book.reserve(slot, now, cost, check=check)
+        if ticket is None:
+            return False
+        self._hold = (slot, ticket)
+        return True
+
+    def _unhold(self) -> int | None:
+        """End the reservation of the attempt in flight; the slot's mark through it (None without one)."""
+        hold = self._hold
+        if hold is None:
+            return None
+        self._hold = None
+        book = self._balancer.book
+        assert book is not None, "only a balancer with a book reserves"
+        return book.release(*hold)
+
+    def _settle(self, attempt: Attempt, status: int, raw: Sequence[tuple[bytes, bytes, bytes]]) -> Signals | None:
+        """End the attempt's reservation and keep the reading its answer brings; the answer's ``Signals``.
+
+        A 429 or a failover status says nothing of the room left (the cooldown or the breaker speaks), and a
+        spilled answer's rate-limit headers are those of the deployment it spilled to: neither is kept.
+        """
+        mark = self._unhold()
+        balancer = self._balancer
+        if not (balancer._reads and raw):
+            return None
+        signals = read_signals(raw)
+        book = balancer.book
+        if (
+            signals is not None
+            and book is not None
+            and signals.spilled_from is None
+            and signals.has_room
+            and status != 429
+            and status not in balancer.policy.failover_statuses
+        ):
+            now = balancer.clock()
+            reading = Reading(signals, attempt.started, now, mark)
+            book.record(attempt.backend.key, attempt.deployment or "", reading, balancer.policy.headroom_horizon)
+        return signals
 
     def _pick(self, candidates: list[Backend]) -> Backend:
         point = self._balancer.rng.random() * sum(b.weight for b in candidates)
@@ -304,8 +437,19 @@ class Call:
         held there) and 400s (a referenced object not found, a prompt too long for the context window)."""
         return status in {400, 404}
 
-    def report(self, attempt: Attempt, status: int, headers: Mapping[str, str], body: bytes | None) -> bool:
-        """Learn from an HTTP answer; True means hand it to the caller, False means fail over."""
+    def report(
+        self,
+        attempt: Attempt,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        raw: Sequence[tuple[bytes, bytes, bytes]] = (),
+    ) -> bool:
+        """Learn from an HTTP answer; True means hand it to the caller, False means fail over.
+
+        ``raw`` is the answer's headers as (name, lowercased name, value) triples: the headroom and
+        spillover headers are read from them in one pass."""
+        signals = self._settle(attempt, status, raw)
         balancer = self._balancer
         backend = attempt.backend
         slot = attempt.deployment or ""
@@ -341,10 +485,14 @@ class Call:
             return False
         now = balancer.clock()
         recovered = balancer.store.count_success(backend.key, slot, now)
-        balancer.stats.answered(backend.key, status)
+        spilled_to = None
+        if signals is not None and signals.spilled_from is not None:
+            spilled_to = signals.deployment or backend.spillover_deployment or ""
+        balancer.stats.answered(backend.key, status, spilled=spilled_to is not None)
         hooks = balancer.listeners(NOTICE if recovered else DETAIL)
         if hooks:
-            self._finished(hooks, attempt, "success" if status < 400 else "client_error", status, None, now=now)
+            outcome: Outcome = "success" if status < 400 else "client_error"
+            self._finished(hooks, attempt, outcome, status, None, now=now, spilled_to=spilled_to)
             # The deployment's own cooldown, then the whole backend's (None), each once.
             for deployment in dict.fromkeys(attempt.deployment if name is not None else None for name in recovered):
                 emit(hooks, BackendRecovered(backend.name, backend.key, deployment))
@@ -434,6 +582,7 @@ class Call:
 
     def report_error(self, attempt: Attempt, error: BaseException) -> None:
         """Learn from a transport error (connection refused or reset, timeout); always fails over."""
+        self._unhold()
         self._trip(attempt, type(error).__name__, None)
 
     def cut(self, attempt: Attempt, error: BaseException) -> None:
@@ -445,6 +594,7 @@ class Call:
     def skip(self, attempt: Attempt, error: BaseException) -> None:
         """The backend's token provider raised ``error``: fail over without telling the shared health
         store, since other clients of the backend may hold good credentials."""
+        self._unhold()
         balancer = self._balancer
         name = type(error).__name__
         balancer.stats.failed(attempt.backend.key, f"token provider: {name}", balancer.wall_clock())
@@ -457,6 +607,7 @@ class Call:
 
     def release(self, attempt: Attempt, error: BaseException | None = None) -> None:
         """The attempt ended without a verdict on the backend (this machine's error, a cancellation)."""
+        self._unhold()
         balancer = self._balancer
         balancer.stats.released(attempt.backend.key)
         hooks = balancer.listeners(DETAIL)
@@ -492,6 +643,7 @@ class Call:
         error: str | None,
         *,
         now: float,
+        spilled_to: str | None = None,
     ) -> None:
         backend = attempt.backend
         event = AttemptFinished(
@@ -504,6 +656,7 @@ class Call:
             error,
             now - attempt.started,
             self._affinity,
+            spilled_to,
         )
         emit(hooks, event)
 
@@ -596,6 +749,13 @@ class Call:
         if hooks:
             emit(hooks, NoBackendCanServe(self.deployment, status, reason, self.attempts))
         return SyntheticResponse(status, (("content-type", "application/json"),), _error_body(code, message))
+
+
+def reset_state() -> None:
+    """Forget every cooldown, failure count, object owner and headroom reading in this process's memory (for tests)."""
+    store = default_store()
+    store.clear()
+    book_for(store).clear()
 
 
 def _error_body(code: str, message: str) -> bytes:

@@ -94,6 +94,8 @@ class AttemptStarted:
     """1 for the first attempt of a request, 2 for the first failover, ..."""
     affinity: Affinity | None = None
     """Set when the request names stateful objects (see ``Affinity``)."""
+    passed_over: tuple[str, ...] = ()
+    """Backends (by name) this attempt passed over because their known headroom could not fit the request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,9 @@ class AttemptFinished:
     """Seconds from choosing the backend to its response headers (or the error)."""
     affinity: Affinity | None = None
     """Set when the request names stateful objects (see ``Affinity``)."""
+    spilled_to: str | None = None
+    """When Azure spilled the request over to another deployment of the backend (``x-ms-spillover-from-deployment``):
+    the deployment that served it (``x-ms-deployment-name``; else the backend's ``spillover_deployment``, else "")."""
 
     @property
     def failed_over(self) -> bool:

@@ -37,7 +37,6 @@ __all__ = [
     "Reason",
     "Trip",
     "default_store",
-    "reset_state",
 ]
 
 Reason = Literal["rate_limited", "deployment_missing", "failure"]
@@ -389,8 +388,3 @@ def default_store() -> InMemoryHealthStore:
     """This process's memory: the store of balancers given none (clients and ``patch()`` also honour
     ``$OPENAI_LB_HEALTH_STORE``, see ``openai_lb._stores``)."""
     return _default_store
-
-
-def reset_state() -> None:
-    """Forget every cooldown and failure count in the process-wide store (for tests)."""
-    _default_store.clear()

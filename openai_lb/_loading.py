@@ -25,7 +25,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["ENV_VAR", "backends_from_env", "backends_from_json", "load_backends"]
 
 ENV_VAR = "OPENAI_LB_BACKENDS"
-_FIELDS = frozenset({"url", "priority", "weight", "api_key", "api_key_env", "deployments", "name"})
+_FIELDS = frozenset(
+    {"url", "priority", "weight", "api_key", "api_key_env", "deployments", "name", "spillover_deployment"}
+)
 _EXAMPLE_TOML = '[[backends]]\nurl = "https://ptu.openai.azure.com"\npriority = 1\napi_key_env = "PTU_KEY"'
 
 

@@ -51,17 +51,7 @@ def log_event(event: Event) -> None:
     if not log.isEnabledFor(level):
         return
     if isinstance(event, AttemptStarted):
-        if event.affinity is None:
-            log.log(level, "attempt %d: %s (deployment %r)", event.number, event.backend, event.deployment)
-        else:
-            log.log(
-                level,
-                "attempt %d: %s (deployment %r, %s)",
-                event.number,
-                event.backend,
-                event.deployment,
-                event.affinity,
-            )
+        _started(level, event)
     elif isinstance(event, AttemptFinished):
         _finished(level, event)
     elif isinstance(event, BackendCooled):
@@ -97,6 +87,15 @@ def log_event(event: Event) -> None:
         log.log(level, "health store %s usable again after %.3f s", event.store, event.downtime)
 
 
+def _started(level: int, event: AttemptStarted) -> None:
+    details = [f"deployment {event.deployment!r}"]
+    if event.affinity is not None:
+        details.append(event.affinity)
+    if event.passed_over:
+        details.append(f"passed over for headroom: {', '.join(event.passed_over)}")
+    log.log(level, "attempt %d: %s (%s)", event.number, event.backend, "; ".join(details))
+
+
 def _finished(level: int, event: AttemptFinished) -> None:
     if event.outcome == "skipped":
         log.log(level, "%s: azure_ad_token_provider failed (%s); failing over", event.backend, event.error)
@@ -105,6 +104,16 @@ def _finished(level: int, event: AttemptFinished) -> None:
     elif event.outcome == "failure":
         what = f"HTTP {event.status}" if event.status is not None else event.error
         log.log(level, "%s failed (%s): failing over", event.backend, what)
+    elif event.spilled_to is not None:
+        log.log(
+            level,
+            "attempt %d on %s ended: %s (HTTP %s, Azure spilled it to deployment %r)",
+            event.number,
+            event.backend,
+            event.outcome,
+            event.status,
+            event.spilled_to,
+        )
     else:
         what = f"HTTP {event.status}" if event.status is not None else event.error
         log.log(level, "attempt %d on %s ended: %s (%s)", event.number, event.backend, event.outcome, what)

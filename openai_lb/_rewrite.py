@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote
 
 from ._affinity import Stateful, body_references, names_objects, route_of, stateful
 from ._config import Backend
+from ._headroom import SPILLOVER_DEPLOYMENT, output_tokens
 
 __all__ = ["Header", "Outgoing", "RequestTemplate", "endpoint_path", "lowered", "model_span"]
 
@@ -155,6 +156,9 @@ class RequestTemplate:
     With ``affinity``, ``stateful`` says which objects held by one backend the request names (its path
     and, on a stateful route, its JSON body) and what its answer creates or deletes; None for a
     stateless request, which is every request on a route ``_affinity.ROUTES`` does not cover.
+
+    ``output_tokens`` is the output limit the body names, when parsing it for its ``model`` found one
+    (0 for embeddings, which produce none); None leaves it to the cost estimate to search the body.
     """
 
     __slots__ = (
@@ -166,6 +170,7 @@ class RequestTemplate:
         "_suffix_at",
         "body",
         "deployment",
+        "output_tokens",
         "outside",
         "stateful",
     )
@@ -200,6 +205,7 @@ class RequestTemplate:
         self._suffix_at = max(at, 0)
         self._dep_start = self._dep_end = -1
         self.deployment: str | None = None
+        self.output_tokens: int | None = None
         self.stateful: Stateful | None = None
         found = route_of(raw_path[at:path_end]) if affinity and at >= 0 else None
         parsed: object = None
@@ -214,6 +220,9 @@ class RequestTemplate:
         elif self.body and self._is_json():
             # /openai/v1/... and the Responses API name the deployment in the body's "model".
             self.deployment, parsed = self._body_model(self.body)
+            self.output_tokens = output_tokens(parsed)
+        if raw_path.endswith(b"/embeddings", 0, path_end):
+            self.output_tokens = 0
         if found is not None:
             self.stateful = stateful(method, *found, self._references(parsed))
 
@@ -278,6 +287,10 @@ class RequestTemplate:
         else:
             headers = [host, *[header for header in self._headers if header[1] not in _CREDENTIALS]]
             headers.append((credential[0], credential[0].lower(), credential[1]))
+        if backend.spillover_deployment is not None:
+            # This backend's own spillover target replaces any the caller named (for another resource, maybe).
+            headers = [header for header in headers if header[1] != SPILLOVER_DEPLOYMENT]
+            headers.append((SPILLOVER_DEPLOYMENT, SPILLOVER_DEPLOYMENT, backend.spillover_deployment.encode("latin-1")))
         if body is not None:
             headers.append((b"Content-Length", b"content-length", str(len(body)).encode()))
         return Outgoing(url, headers, body)

@@ -21,7 +21,7 @@ from ._errors import ConfigurationError
 from ._events import EventHook
 from ._framing import EVENT_STREAM, JSON, Framing, framing_of, has_terminal_event, json_complete
 from ._health import HealthStore
-from ._rewrite import RequestTemplate, endpoint_path
+from ._rewrite import Header, RequestTemplate, endpoint_path
 from ._stacks import HttpStack
 from ._stores import resolve_store
 
@@ -248,11 +248,13 @@ class BalancingShell:
             response.stream = self._stack.tapped_stream(response.stream, tap)
         return response
 
-    def _framing(self, response: Any, call: Call, status: int) -> tuple[Framing, bool]:
-        """The answer's framing, and whether to read its body before deciding: a JSON answer is read
-        whole (the SDK reads it whole anyway), so a cut anywhere in it still fails over."""
-        framing = framing_of(self._stack.read_headers(response.headers))
-        return framing, framing.media_type == JSON or call.needs_body(status)
+    def _framing(self, response: Any, call: Call, status: int) -> tuple[list[Header], Framing, bool]:
+        """The answer's headers as triples (read once: the core reads its headroom from them), its framing,
+        and whether to read its body before deciding: a JSON answer is read whole (the SDK reads it whole
+        anyway), so a cut anywhere in it still fails over."""
+        head = self._stack.read_headers(response.headers)
+        framing = framing_of(head)
+        return head, framing, framing.media_type == JSON or call.needs_body(status)
 
     def _check_whole(self, response: Any, framing: Framing, body: bytes | None) -> None:
         """A JSON answer framed only by the connection closing must parse, or it was cut: fail over."""
@@ -310,7 +312,7 @@ class BalancingShell:
         template = self._template(request, request.read())
         if template.outside:
             return self._answer(request, OUTSIDE_THE_BASE)
-        call = self.balancer.begin(template.deployment, template.stateful)
+        call = self.balancer.begin(template.deployment, template.stateful, template.body, template.output_tokens)
         inner = self._sync_transport()
         while True:
             step = call.next()
@@ -334,7 +336,7 @@ class BalancingShell:
             try:
                 response = self._send(inner, self._build(request, template, step, credential))
                 status = response.status_code
-                framing, whole = self._framing(response, call, status)
+                head, framing, whole = self._framing(response, call, status)
                 body = response.read() if whole else None
                 self._check_whole(response, framing, body)
             except self._stack.failover_errors as error:
@@ -347,7 +349,7 @@ class BalancingShell:
                     response.close()
                 call.release(step, error)
                 raise
-            if call.report(step, status, response.headers, body):
+            if call.report(step, status, response.headers, body, head):
                 return self._deliver(request, response, framing, call, step)
             response.close()
 
@@ -355,7 +357,7 @@ class BalancingShell:
         template = self._template(request, await request.aread())
         if template.outside:
             return self._answer(request, OUTSIDE_THE_BASE)
-        call = self.balancer.begin(template.deployment, template.stateful)
+        call = self.balancer.begin(template.deployment, template.stateful, template.body, template.output_tokens)
         inner = self._async_transport()
         while True:
             step = call.next()
@@ -376,7 +378,7 @@ class BalancingShell:
             try:
                 response = await self._asend(inner, self._build(request, template, step, credential))
                 status = response.status_code
-                framing, whole = self._framing(response, call, status)
+                head, framing, whole = self._framing(response, call, status)
                 body = await response.aread() if whole else None
                 self._check_whole(response, framing, body)
             except self._stack.failover_errors as error:
@@ -387,7 +389,7 @@ class BalancingShell:
             except BaseException as error:  # cancellation included: the attempt is no longer in flight
                 call.release(step, error)
                 raise
-            if call.report(step, status, response.headers, body):
+            if call.report(step, status, response.headers, body, head):
                 return self._deliver(request, response, framing, call, step)
             await response.aclose()
 

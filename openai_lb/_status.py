@@ -52,6 +52,10 @@ class BackendStatus:
     """Attempts sent here because the backend holds an object the request names (stateful affinity)."""
     discovered: int
     """Requests that found here objects this process had not seen."""
+    passed_over: int
+    """Attempts that went elsewhere because this backend's known headroom could not fit them (``Policy.headroom``)."""
+    spilled: int
+    """Answers Azure served from this backend's spillover deployment instead of the one asked for."""
     last_failure: str | None
     """The status (``"HTTP 503"``, ``"HTTP 429"``) or exception type of the last failure."""
     last_failure_at: float | None
@@ -70,15 +74,17 @@ class Stats:
         "in_flight",
         "last_failure",
         "last_failure_at",
+        "passed_over",
         "pinned",
         "rate_limited",
+        "spilled",
         "successes",
     )
 
     def __init__(self) -> None:
         self.attempts = self.successes = self.client_errors = self.rate_limited = 0
         self.failures = self.failovers_away = self.in_flight = 0
-        self.pinned = self.discovered = 0
+        self.pinned = self.discovered = self.passed_over = self.spilled = 0
         self.last_failure: str | None = None
         self.last_failure_at: float | None = None
 
@@ -103,6 +109,12 @@ class StatsBook:
         with self._lock:
             self.by_key[key].pinned += 1
 
+    def passed_over(self, keys: list[str]) -> None:
+        """These backends could not fit an attempt that went elsewhere."""
+        with self._lock:
+            for key in keys:
+                self.by_key[key].passed_over += 1
+
     def discovered(self, key: str) -> None:
         with self._lock:
             self.by_key[key].discovered += 1
@@ -114,10 +126,12 @@ class StatsBook:
             stats.in_flight -= 1
             stats.failovers_away += 1
 
-    def answered(self, key: str, status: int) -> None:
+    def answered(self, key: str, status: int, *, spilled: bool = False) -> None:
         with self._lock:
             stats = self.by_key[key]
             stats.in_flight -= 1
+            if spilled:
+                stats.spilled += 1
             if status < 400:
                 stats.successes += 1
             else:

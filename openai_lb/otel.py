@@ -16,8 +16,9 @@ client = AzureOpenAI(
 ```
 
 Metrics (meter ``openai_lb``): ``openai_lb.attempt.duration`` (its count is the attempts by
-backend and outcome), ``openai_lb.active_attempts``, ``openai_lb.available_backends`` and
-``openai_lb.cooldowns``.
+backend and outcome; ``openai_lb.spilled_to`` names the deployment Azure spilled an answered
+request to), ``openai_lb.active_attempts``, ``openai_lb.available_backends``,
+``openai_lb.cooldowns`` and ``openai_lb.passed_over`` (backends passed over for headroom).
 On the span around the SDK call, when it is recording: an ``openai_lb.attempt`` event per
 attempt, an ``openai_lb.all_backends_cooling`` event, and the attributes ``openai_lb.backend``
 (who answered) and ``openai_lb.failovers``. No attribute ever holds a credential: backends are
@@ -48,7 +49,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess wit
         'openai_lb.otel needs the OpenTelemetry API, which is not installed: pip install "openai-lb[otel]"'
     ) from error
 
-from ._events import AllBackendsCooling, AttemptFinished, BackendCooled, Event
+from ._events import AllBackendsCooling, AttemptFinished, AttemptStarted, BackendCooled, Event
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ __all__ = [
     "AVAILABLE_BACKENDS",
     "COOLDOWNS",
     "DURATION_BUCKETS",
+    "PASSED_OVER",
     "OpenTelemetryHook",
 ]
 
@@ -68,6 +70,7 @@ ATTEMPT_DURATION = "openai_lb.attempt.duration"
 ACTIVE_ATTEMPTS = "openai_lb.active_attempts"
 AVAILABLE_BACKENDS = "openai_lb.available_backends"
 COOLDOWNS = "openai_lb.cooldowns"
+PASSED_OVER = "openai_lb.passed_over"
 
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 """Seconds; the bucket advice of the GenAI client operation duration: LLM calls take 10 ms to minutes."""
@@ -79,6 +82,7 @@ _STATUS = "http.response.status_code"
 _ERROR = "error.type"
 _FAILOVERS = "openai_lb.failovers"
 _AFFINITY = "openai_lb.affinity"
+_SPILLED_TO = "openai_lb.spilled_to"
 
 # Attribute sets are built once per combination and shared; the SDK keeps references to them, so
 # they are never changed. Deployments come from callers, hence a bound (cleared, then rebuilt).
@@ -115,9 +119,11 @@ class OpenTelemetryHook:
         self._instruments = _instruments_of(provider)
         self._duration = self._instruments.duration
         self._cooldowns = self._instruments.cooldowns
+        self._passed_over = self._instruments.passed_over
         self._places: dict[tuple[str, str, str | None], _Attributes] = {}
         self._attempt_attributes: dict[tuple[Any, ...], _Attributes] = {}
         self._cooldown_attributes: dict[tuple[Any, ...], _Attributes] = {}
+        self._passed_by_name: dict[str, _Attributes] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -133,11 +139,22 @@ class OpenTelemetryHook:
             self._cooled(event)
         elif type(event) is AllBackendsCooling:
             self._all_cooling(event)
+        elif type(event) is AttemptStarted and event.passed_over:
+            self._passed(event)
 
     # -- per event
 
     def _finished(self, event: AttemptFinished) -> None:
-        key = (event.backend, event.url, event.deployment, event.outcome, event.status, event.error, event.affinity)
+        key = (
+            event.backend,
+            event.url,
+            event.deployment,
+            event.outcome,
+            event.status,
+            event.error,
+            event.affinity,
+            event.spilled_to,
+        )
         attributes = self._attempt_attributes.get(key)
         if attributes is None:
             attributes = self._remember(self._attempt_attributes, key, self._attempt_attributes_for(event))
@@ -164,6 +181,17 @@ class OpenTelemetryHook:
                 built["openai_lb.cooldown.origin"] = event.origin
             attributes = self._remember(self._cooldown_attributes, key, built)
         self._cooldowns.add(1, attributes)
+
+    def _passed(self, event: AttemptStarted) -> None:
+        # The event names the backends passed over, not their URLs: the name alone identifies one.
+        for name in event.passed_over:
+            self._passed_over.add(1, self._passed_attributes(name))
+
+    def _passed_attributes(self, name: str) -> _Attributes:
+        attributes = self._passed_by_name.get(name)
+        if attributes is None:
+            attributes = self._remember(self._passed_by_name, name, {_BACKEND: name})
+        return attributes
 
     def _all_cooling(self, event: AllBackendsCooling) -> None:
         span = get_current_span()
@@ -202,6 +230,8 @@ class OpenTelemetryHook:
             built[_ERROR] = error
         if event.affinity is not None:  # pinned to the holder of an object, or looking for it
             built[_AFFINITY] = event.affinity
+        if event.spilled_to is not None:  # Azure served it from the backend's spillover deployment
+            built[_SPILLED_TO] = event.spilled_to
         return built
 
     @staticmethod
@@ -222,6 +252,11 @@ class _Instruments:
             COOLDOWNS,
             unit="{cooldown}",
             description="Cooldowns of a backend (circuit breaker) or one of its deployments (429, missing).",
+        )
+        self.passed_over = meter.create_counter(
+            PASSED_OVER,
+            unit="{attempt}",
+            description="Attempts that passed a backend over because its known headroom could not fit the request.",
         )
         meter.create_observable_up_down_counter(
             ACTIVE_ATTEMPTS,

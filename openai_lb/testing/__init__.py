@@ -58,10 +58,10 @@ only the host of a URL::
         ...  # group.url is http://127.0.0.1:<port>; ptu.url is group.url + "/ptu"
 
 For connection-refused tests, `closed_port_url` gives the URL of a port nothing listens on;
-`reset_state` forgets the process-wide cooldowns between tests.
+`reset_state` forgets the process-wide cooldowns and headroom readings between tests.
 """
 
-from openai_lb._health import reset_state
+from openai_lb._core import reset_state
 from openai_lb.testing._actions import Action, CutStream, RecordedRequest, Reply, ResetConnection, Stall
 from openai_lb.testing._group import FakeAzureGroup
 from openai_lb.testing._listener import closed_port_url

@@ -1,0 +1,460 @@
+"""Headroom: how much a deployment can still take, read from its answers, and what a request will cost.
+
+Azure OpenAI tells the client on every answer how much room its deployment has left: standard
+deployments send ``x-ratelimit-remaining-requests`` / ``-tokens`` (with their limits and reset times),
+provisioned (PTU) ones ``azure-openai-deployment-utilization``. It charges a request, when it admits
+it, its prompt tokens plus ``max_tokens``. With both, the balancer passes over a backend that cannot
+fit a request *before* sending it, instead of learning that from a 429.
+
+Pure and total like ``_headers``: garbage in a header is absent, never an error; the clock is the
+caller's. The ``HeadroomBook`` is the only mutable thing here: per (backend, deployment) the latest
+reading and the requests sent since it, behind one lock.
+
+How a reading and the requests in flight add up (``Slot.fits``): a reading describes what Azure had
+admitted when the attempt it answered was *sent*; the attempts this process sent since then (at or
+after that moment) and not yet answered are what it cannot know, so their estimates are reserved
+against it. Each answer brings a newer reading, which then counts the attempts sent before it.
+
+Provisioned deployments report a utilisation percentage, not tokens. To reserve against it the book
+learns, per deployment, how many percent one token adds: between two readings whose attempts it
+sent, the utilisation rose by some amount while it had sent a known number of estimated tokens
+(every reservation advances a running ``mark``), and rise / tokens is a sample of the rate (averaged
+with the previous value). Samples where the utilisation did not rise say only that the PTU drained
+faster than it was filled and are skipped; ignoring the drain makes the rate err low, so reservations
+err on the side of sending to the PTU, which the threshold's margin absorbs. Until a rate is known, a
+utilisation-only deployment is held to the threshold alone, as if nothing were in flight. The rate
+model was chosen over counting requests in flight because requests differ in size by orders of
+magnitude: a rate per token needs no other knob and reads as tokens of room left, like the
+standard deployments' headers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from ._errors import ConfigurationError
+from ._headers import parse_reset
+
+__all__ = [
+    "SPILLOVER_DEPLOYMENT",
+    "HeadroomBook",
+    "Reading",
+    "Signals",
+    "Slot",
+    "book_for",
+    "estimate",
+    "output_tokens",
+    "parse_count",
+    "parse_utilization",
+    "prompt_tokens",
+    "read_signals",
+    "tiktoken_counter",
+]
+
+SPILLOVER_DEPLOYMENT = b"x-ms-spillover-deployment"
+"""The request header naming the standard deployment Azure spills a provisioned one's overflow to."""
+
+# Read in one pass, in this order (the index of each in ``Signals``).
+_NAMES = (
+    b"x-ratelimit-remaining-requests",
+    b"x-ratelimit-remaining-tokens",
+    b"x-ratelimit-limit-requests",
+    b"x-ratelimit-limit-tokens",
+    b"x-ratelimit-reset-requests",
+    b"x-ratelimit-reset-tokens",
+    b"azure-openai-deployment-utilization",
+    # Azure's own spillover (learn.microsoft.com/azure/ai-foundry/openai/how-to/spillover-traffic-management,
+    # "How to know a request spilled over"): the answer of a spilled request names the provisioned deployment it
+    # spilled from, and x-ms-deployment-name the deployment that served it. The page renders both names with a
+    # placeholder ("x-ms-spillover-from-<deployment-name>"); answers carry them as written here.
+    b"x-ms-deployment-name",
+    b"x-ms-spillover-from-deployment",
+)
+_INDEX = {name: index for index, name in enumerate(_NAMES)}
+_ROOM = len(_NAMES) - 2  # the fields before the spillover ones say how much room there is
+
+_DECIMAL = re.compile(rb"[ \t]*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)[ \t]*")
+_PERCENT = re.compile(rb"[ \t]*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)[ \t]*%?[ \t]*")
+
+
+def parse_count(value: bytes) -> float | None:
+    """A non-negative count ("2998", " 12 ", "12.5"); None for anything else (signs, exponents, garbage)."""
+    if value.isdigit():  # ASCII digits only: the common case, without a regex
+        return float(int(value))
+    match = _DECIMAL.fullmatch(value)
+    if match is None:
+        return None
+    number = float(match[1])
+    return number if math.isfinite(number) else None
+
+
+def parse_utilization(value: bytes) -> float | None:
+    """A utilisation percentage ("87%", "87.5 %", "87"); None for anything else (negatives, NaN, garbage)."""
+    match = _PERCENT.fullmatch(value)
+    if match is None:
+        return None
+    number = float(match[1])
+    return number if math.isfinite(number) else None
+
+
+def _name(value: bytes | None) -> str | None:
+    if not value:
+        return None
+    text = value.decode("latin-1").strip()
+    return text or None
+
+
+def _reset(value: bytes | None) -> float | None:
+    return None if value is None else parse_reset(value.decode("latin-1"))
+
+
+class Signals(NamedTuple):
+    """What one answer's headers say of its deployment; None where a header is absent or unusable."""
+
+    remaining_requests: float | None
+    remaining_tokens: float | None
+    limit_requests: float | None
+    limit_tokens: float | None
+    reset_requests: float | None
+    """Seconds until the requests window refills."""
+    reset_tokens: float | None
+    utilization: float | None
+    """Percent of a provisioned deployment in use."""
+    deployment: str | None
+    """The deployment that served the request (``x-ms-deployment-name``)."""
+    spilled_from: str | None
+    """The provisioned deployment Azure spilled this request from (``x-ms-spillover-from-deployment``)."""
+
+    @property
+    def has_room(self) -> bool:
+        """Whether any header says how much room the deployment has."""
+        return any(value is not None for value in self[:_ROOM])
+
+
+def read_signals(headers: Iterable[tuple[bytes, bytes, bytes]]) -> Signals | None:
+    """The ``Signals`` of headers given as (name, lowercased name, value) triples, in one pass over them;
+    None when none of the headers is there (nothing is built for an answer without them)."""
+    found: list[bytes | None] | None = None
+    index_of = _INDEX.get
+    for _, name, value in headers:
+        index = index_of(name)
+        if index is not None:
+            if found is None:
+                found = [None] * len(_NAMES)
+            found[index] = value
+    if found is None:
+        return None
+    remaining_requests, remaining_tokens, limit_requests, limit_tokens = (
+        None if value is None else parse_count(value) for value in found[:4]
+    )
+    utilization = found[6]
+    return Signals(
+        remaining_requests,
+        remaining_tokens,
+        limit_requests,
+        limit_tokens,
+        _reset(found[4]),
+        _reset(found[5]),
+        None if utilization is None else parse_utilization(utilization),
+        _name(found[7]),
+        _name(found[8]),
+    )
+
+
+# -- what a request costs
+
+
+BYTES_PER_TOKEN = 4
+"""A token of English text or JSON is about four bytes; the estimate rounds up."""
+_BASE64 = b";base64,"
+_JSON_START = re.compile(rb"[ \t\r\n]*[\[{]")
+# A number of output tokens under one of the keys Azure reads; a longer number or a fraction is not one.
+_MAX_OUTPUT = re.compile(rb'"max_(?:completion_|output_)?tokens"[ \t\r\n]*:[ \t\r\n]*([0-9]{1,12})(?![0-9.eE])')
+_OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def output_tokens(parsed: object) -> int | None:
+    """The largest output limit a parsed JSON body names at its top level; None when it names none."""
+    if not isinstance(parsed, dict):
+        return None
+    found = None
+    for key in _OUTPUT_KEYS:
+        value = parsed.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0 and (found is None or value > found):
+            found = value
+    return found
+
+
+def _searched_output(body: bytes) -> int | None:
+    """The largest output limit named anywhere in the body's bytes (no parse; a nested key counts too)."""
+    found = [int(number) for number in _MAX_OUTPUT.findall(body)]
+    return max(found) if found else None
+
+
+def _image_bytes(body: bytes) -> int:
+    """Bytes of base64 data URLs (``data:image/png;base64,...``) up to their closing quote: not text."""
+    total = 0
+    at = body.find(_BASE64)
+    while at >= 0:
+        end = body.find(b'"', at)
+        if end < 0:
+            end = len(body)
+        total += end - at
+        at = body.find(_BASE64, end)
+    return total
+
+
+def prompt_tokens(body: bytes | None, count: Callable[[str], int] | None = None) -> int:
+    """Prompt tokens of a JSON body: its bytes / ``BYTES_PER_TOKEN`` (JSON punctuation and keys included, base64
+    image data left out), or, with ``count`` (a tokenizer's), the tokens of its string values; 0 for a body that
+    is not JSON (a multipart upload). Never raises."""
+    if not body or _JSON_START.match(body) is None:
+        return 0  # no body, or not JSON (a multipart upload): no prompt text
+    if count is not None:
+        counted = _counted(body, count)
+        if counted is not None:
+            return counted
+    return -(-(len(body) - _image_bytes(body)) // BYTES_PER_TOKEN)
+
+
+def _counted(body: bytes, count: Callable[[str], int]) -> int | None:
+    try:
+        parsed = json.loads(body.decode())
+    except (ValueError, RecursionError):
+        return None
+    total = 0
+    stack = [parsed]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not (item.startswith("data:") and ";base64," in item):
+                total += count(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
+
+
+def estimate(
+    body: bytes | None,
+    named_output: int | None,
+    default_output: int,
+    count: Callable[[str], int] | None = None,
+) -> int:
+    """What Azure charges a request when it admits it: prompt tokens plus its output limit.
+
+    ``named_output`` is the limit the body names, when a parse already found it; otherwise the body's bytes
+    are searched for ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens``, and with none,
+    ``default_output``. Never raises, whatever the body.
+    """
+    output = named_output
+    if output is None and body:
+        output = _searched_output(body)
+    return prompt_tokens(body, count) + (default_output if output is None else output)
+
+
+def tiktoken_counter(encoding: str) -> Callable[[str], int]:
+    """Exact token counts with tiktoken's ``encoding`` (the ``tokens`` extra); a ConfigurationError without it.
+
+    tiktoken reads its encoding file on first use (from its cache, else from the network), so this is called
+    once, when a balancer is built, never on a request.
+    """
+    try:
+        import tiktoken  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise ConfigurationError(
+            f"Policy.headroom_tokenizer={encoding!r} needs tiktoken: pip install 'openai-lb[tokens]' "
+            f"(or leave headroom_tokenizer None for the character estimate)."
+        ) from None
+    try:
+        encoder = tiktoken.get_encoding(encoding)
+    except Exception as error:  # an unknown name, or the encoding file out of reach
+        raise ConfigurationError(
+            f"Policy.headroom_tokenizer: tiktoken cannot load the encoding {encoding!r} ({type(error).__name__})."
+        ) from None
+
+    def count(text: str) -> int:
+        return len(encoder.encode(text, disallowed_special=()))
+
+    return count
+
+
+# -- the book
+
+
+class Reading(NamedTuple):
+    """One answer's ``Signals`` with when they hold: the clock of the core."""
+
+    signals: Signals
+    sent: float
+    """When the attempt this answers was chosen: Azure had admitted what was sent before it."""
+    received: float
+    mark: int | None
+    """The slot's running token count through the answered attempt (None: it was sent before the slot existed)."""
+
+
+class Slot:
+    """One (backend, deployment): its latest reading and the attempts sent to it and not yet answered.
+
+    Changed only under the book's lock.
+    """
+
+    __slots__ = ("admitted", "pending", "rate", "reading")
+
+    def __init__(self) -> None:
+        self.reading: Reading | None = None
+        # ticket -> (started, tokens, mark through it), oldest first
+        self.pending: OrderedDict[int, tuple[float, int, int]] = OrderedDict()
+        self.admitted = 0
+        """Tokens reserved here so far: a running mark that orders readings and measures what came between."""
+        self.rate: float | None = None
+        """Utilisation percent one token adds (provisioned deployments), once learned."""
+
+    def _since(self, moment: float) -> tuple[int, int]:
+        """Requests and tokens of the attempts in flight sent at or after ``moment``."""
+        requests = tokens = 0
+        for started, cost, _ in reversed(self.pending.values()):
+            if started < moment:
+                break
+            requests += 1
+            tokens += cost
+        return requests, tokens
+
+    def fits(self, tokens: int, now: float, horizon: float, threshold: float) -> bool:
+        """Whether a request costing ``tokens`` fits what the latest reading (if it still holds) leaves."""
+        reading = self.reading
+        if reading is None or now >= reading.received + horizon:
+            return True
+        signals, sent = reading.signals, reading.sent
+        pending = self._since(sent)
+        for remaining, limit, reset, index, need in (
+            (signals.remaining_requests, signals.limit_requests, signals.reset_requests, 0, 1),
+            (signals.remaining_tokens, signals.limit_tokens, signals.reset_tokens, 1, tokens),
+        ):
+            if remaining is None:
+                continue
+            if reset is not None and now >= reading.received + reset:
+                # The window has refilled since: its limit, less what was sent since it refilled.
+                if limit is None:
+                    continue
+                room = limit - self._since(reading.received + reset)[index]
+            else:
+                room = remaining - pending[index]
+            if room < need:
+                return False
+        utilization = signals.utilization
+        if utilization is not None:
+            if self.rate is not None:
+                utilization += self.rate * (pending[1] + tokens)
+            if utilization >= threshold:
+                return False
+        return True
+
+    def learn(self, reading: Reading) -> None:
+        """Take ``reading`` if it is newer than the one held (or that one no longer holds: the caller says)."""
+        held = self.reading
+        if (
+            held is not None
+            and reading.mark is not None
+            and held.mark is not None
+            and reading.mark > held.mark
+            and reading.signals.utilization is not None
+            and held.signals.utilization is not None
+        ):
+            rise = reading.signals.utilization - held.signals.utilization
+            if rise > 0:
+                sample = rise / (reading.mark - held.mark)
+                self.rate = sample if self.rate is None else (self.rate + sample) / 2
+        self.reading = reading
+
+
+class HeadroomBook:
+    """Readings and reservations per (backend key, deployment), shared by every balancer of one health store
+    in this process (``book_for``). Thread-safe; bounded to ``max_slots`` deployments."""
+
+    __slots__ = ("__weakref__", "_lock", "_slots", "_tickets", "max_slots")
+
+    def __init__(self, *, max_slots: int = 10_000) -> None:
+        self._slots: dict[tuple[str, str], Slot] = {}
+        self._lock = threading.Lock()
+        self._tickets = 0
+        self.max_slots = max_slots
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def slot(self, key: str, deployment: str) -> Slot | None:
+        """The slot of a deployment that has answered with a reading; None for one that never has."""
+        return self._slots.get((key, deployment))
+
+    def reserve(
+        self, slot: Slot, started: float, tokens: int, *, check: tuple[float, float, float] | None = None
+    ) -> int | None:
+        """Reserve ``tokens`` on ``slot`` for an attempt chosen at ``started``; the ticket that releases it.
+
+        With ``check`` (now, horizon, threshold), only if the request fits: None when it does not. Checking and
+        reserving are one step under the lock, so concurrent callers never both take the last room.
+        """
+        with self._lock:
+            if check is not None and not slot.fits(tokens, *check):
+                return None
+            self._tickets += 1
+            ticket = self._tickets
+            slot.admitted += tokens
+            slot.pending[ticket] = (started, tokens, slot.admitted)
+            return ticket
+
+    def release(self, slot: Slot, ticket: int) -> int | None:
+        """End a reservation; the slot's mark through it (for a reading its answer brings), None if it had ended."""
+        with self._lock:
+            held = slot.pending.pop(ticket, None)
+            return None if held is None else held[2]
+
+    def record(self, key: str, deployment: str, reading: Reading, horizon: float) -> None:
+        """Keep ``reading`` for the deployment unless the one held is newer and still holds."""
+        with self._lock:
+            slot = self._slots.get((key, deployment))
+            if slot is None:
+                if len(self._slots) >= self.max_slots and not self._forget_idle(reading.received, horizon):
+                    return
+                slot = self._slots[(key, deployment)] = Slot()
+            held = slot.reading
+            if held is None or reading.sent >= held.sent or reading.received >= held.received + horizon:
+                slot.learn(reading)
+
+    def _forget_idle(self, now: float, horizon: float) -> bool:
+        """Forget the slots whose reading no longer holds and that have nothing in flight; whether any went."""
+        idle = [
+            name
+            for name, slot in self._slots.items()
+            if not slot.pending and (slot.reading is None or now >= slot.reading.received + horizon)
+        ]
+        for name in idle:
+            del self._slots[name]
+        return bool(idle)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._slots.clear()
+
+
+_books: weakref.WeakKeyDictionary[object, HeadroomBook] = weakref.WeakKeyDictionary()
+_books_lock = threading.Lock()
+
+
+def book_for(store: object) -> HeadroomBook:
+    """The book of the balancers sharing ``store``: readings are shared the way cooldowns are, and a client
+    given a store of its own (a test) has a book of its own."""
+    with _books_lock:
+        book = _books.get(store)
+        if book is None:
+            book = _books[store] = HeadroomBook()
+        return book
