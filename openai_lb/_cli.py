@@ -174,8 +174,9 @@ class LiveDemoView:
         table.add_column("backend", no_wrap=True)
         table.add_column("prio", justify="right")
         table.add_column("state", min_width=20, no_wrap=True)
-        # served: answers it gave the demo; sent: attempts; ok: answers below 400; 429: rate limited.
-        for column in ("served", "sent", "ok", "429", "failed"):
+        # served: answers it gave the demo; sent: attempts; ok: answers below 400; 429: rate limited;
+        # full: requests that passed it over because its headroom headers said it could not take them.
+        for column in ("served", "sent", "ok", "429", "full", "failed"):
             table.add_column(column, justify="right")
         served = step.served if step else {}
         for status in self.status:
@@ -187,6 +188,7 @@ class LiveDemoView:
                 str(status.attempts),
                 str(status.successes),
                 str(status.rate_limited),
+                str(status.passed_over),
                 str(status.failures),
             )
         recent = Text("\n".join(self.recent), style="dim")

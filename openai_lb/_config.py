@@ -305,7 +305,7 @@ class Policy:
     None: about four bytes of the body per token, base64 image data left out."""
 
     def __post_init__(self) -> None:
-        for label in ("default_cooldown", "max_cooldown", "breaker_base", "breaker_max"):
+        for label in ("default_cooldown", "max_cooldown", "breaker_base", "breaker_max", "headroom_horizon"):
             value = getattr(self, label)
             if (
                 isinstance(value, bool)
@@ -346,13 +346,6 @@ class Policy:
         object.__setattr__(self, "failover_statuses", statuses)
 
     def _check_headroom(self) -> None:
-        horizon = self.headroom_horizon
-        if (
-            isinstance(horizon, bool)
-            or not isinstance(horizon, (int, float))
-            or not (math.isfinite(horizon) and horizon > 0)
-        ):
-            raise ConfigurationError(f"Policy.headroom_horizon must be a positive number of seconds, got {horizon!r}.")
         threshold = self.headroom_utilization
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 100:
             raise ConfigurationError(

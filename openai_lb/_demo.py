@@ -1,7 +1,8 @@
 """The offline demo: a PTU and two pay-as-you-go backends, all fake Azure OpenAI servers on 127.0.0.1.
 
 It shows the three things openai_lb is for: requests go to the PTU first, spill over to
-pay-as-you-go while the PTU answers 429, and return to the PTU as soon as its window resets.
+pay-as-you-go once the PTU's headroom headers say it is full (or it answers 429), and return to
+the PTU as soon as its window resets.
 
 `run_demo` owns the run and what it counts; a `DemoView` only shows it. `PlainView` prints
 one line per request (for pipes and CI); the CLI adds a live terminal table over the same events.
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ._clients import AzureOpenAI
-from ._config import Backend
+from ._config import Backend, Policy
 from ._health import InMemoryHealthStore
 from ._shell import BACKEND_HEADER
 from ._status import BackendStatus
@@ -153,6 +154,8 @@ def run_demo(settings: DemoSettings, view: DemoView | None = None) -> DemoResult
             api_version="2024-10-21",
             max_retries=0,
             health_store=InMemoryHealthStore(),
+            # The fake's answers say how many requests its window has left but not when it refills.
+            policy=Policy(headroom_horizon=settings.window),
         )
         balancer = client.balancer
         if balancer is None:  # pragma: no cover - the client above always builds its own balancer
@@ -168,6 +171,7 @@ def run_demo(settings: DemoSettings, view: DemoView | None = None) -> DemoResult
                 # loads a lot) a burst would fill the PTU's window before the demo's story could unfold.
                 due = time.monotonic() + settings.interval
                 rejected_before = ptu.rejected
+                passed_before = balancer.status()[0].passed_over
                 raw = client.chat.completions.with_raw_response.create(
                     model="gpt-4o", messages=[{"role": "user", "content": f"request {number}"}]
                 )
@@ -177,6 +181,8 @@ def run_demo(settings: DemoSettings, view: DemoView | None = None) -> DemoResult
                     note = "PTU first" if number == 1 else "window reset: back on the PTU" if previous != PTU else ""
                 elif ptu.rejected > rejected_before:
                     note = "PTU answered 429: spilled over at once"
+                elif balancer.status()[0].passed_over > passed_before:
+                    note = "PTU full by its headroom headers: spilled over before a 429"
                 else:
                     note = "PTU cooling until its Retry-After: pay-as-you-go"
                 elapsed = time.monotonic() - start

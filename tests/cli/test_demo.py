@@ -22,7 +22,7 @@ def test_demo_shows_ptu_first_spill_over_and_return(capsys: pytest.CaptureFixtur
     lines = [line for line in out.splitlines() if line.strip()[:1].isdigit() and "s  " in line]
     assert lines[0].split()[2] == "ptu-eastus", out
     assert lines[0].endswith("PTU first"), out
-    assert "PTU answered 429: spilled over at once" in out, out
+    assert "spilled over before a 429" in out, out
     assert "window reset: back on the PTU" in out, out
     assert "40 of 40 requests answered" in out
     assert "\x1b[" not in out, "output that is not a terminal gets no escape codes"
@@ -49,7 +49,7 @@ def test_live_table_on_a_terminal_shows_progress_and_every_backend_with_its_stat
     for name in BACKENDS:
         assert name in out
     assert "12/12 requests" in out, "the progress of the run"
-    assert "cooling (gpt-4o" in out, "the PTU's cooldown shows while it lasts"
+    assert "full" in out, "the column of requests that passed a full PTU over"
     assert "available" in out
     assert "12 of 12 requests answered" in out, "the summary follows the table"
 
@@ -78,10 +78,10 @@ def test_views_get_every_request_with_the_balancers_status() -> None:
     assert [[status.state for status in initial] for initial in view.initial] == [["available"] * 3]
     assert [step.number for step in view.steps] == [1, 2, 3, 4, 5, 6]
     assert [status.name for status in view.steps[-1].status] == list(BACKENDS)
-    assert view.steps[2].note == "PTU answered 429: spilled over at once"
+    assert view.steps[2].note == "PTU full by its headroom headers: spilled over before a 429"
     ptu_after_spill = view.steps[2].status[0]
-    assert ptu_after_spill.state == "cooling", "each step carries client.balancer.status() right after it"
-    assert ptu_after_spill.rate_limited == 1
+    assert ptu_after_spill.passed_over == 1, "each step carries client.balancer.status() right after it"
+    assert (ptu_after_spill.state, ptu_after_spill.rate_limited) == ("available", 0), "nothing cooled"
     assert view.results == [result]
     assert result.ok
     assert result.served == view.steps[-1].served

@@ -7,7 +7,7 @@ import random
 from collections import Counter
 
 import pytest
-from helpers import FakeClock
+from helpers import FakeClock, balancer_on
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,15 +31,7 @@ def make(
     rng: random.Random | None = None,
     limit: float = 120.0,
 ) -> Balancer:
-    return Balancer(
-        backends,
-        policy=policy,
-        store=InMemoryHealthStore(),
-        clock=clock,
-        wall_clock=clock.wall,
-        rng=rng or random.Random(7),
-        client_wait_limit=limit,
-    )
+    return balancer_on(backends, clock, policy=policy, rng=rng, limit=limit)
 
 
 def attempt(call: Call) -> Attempt:

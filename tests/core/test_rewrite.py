@@ -294,3 +294,26 @@ def test_a_body_in_another_unicode_encoding_names_no_deployment_and_is_sent_unch
     assert template.deployment is None
     mapped = Backend("https://b.example.com", deployments={"gpt-4o": "east"})
     assert template.for_backend(mapped, mapped.deployment_for(template.deployment), None).body == body
+
+
+def test_the_output_limit_comes_from_the_parse_that_finds_the_model() -> None:
+    body = json.dumps({"model": "gpt-4o", "max_output_tokens": 55, "input": "hi"}).encode()
+    assert RequestTemplate(b"/openai/v1/responses", JSON_HEADERS, body).output_tokens == 55
+    assert RequestTemplate(b"/openai/v1/responses", JSON_HEADERS, b'{"model": "m"}').output_tokens is None
+    unparsed = RequestTemplate(CHAT, SDK_HEADERS, b'{"max_tokens": 5}')
+    assert unparsed.output_tokens is None, "a deployment path is not parsed: the estimate searches the bytes"
+
+
+def test_embeddings_claim_no_output_tokens() -> None:
+    path = b"/openai/deployments/ada/embeddings?api-version=2024-10-21"
+    assert RequestTemplate(path, SDK_HEADERS, b'{"input": "x"}').output_tokens == 0
+
+
+def test_a_backends_spillover_deployment_replaces_the_callers_header() -> None:
+    headers = [*SDK_HEADERS, (b"X-MS-Spillover-Deployment", b"x-ms-spillover-deployment", b"theirs")]
+    template = RequestTemplate(CHAT, headers, b"{}")
+    spilling = Backend("https://ptu.example.com", spillover_deployment="gpt-4o-standard")
+    sent = template.for_backend(spilling, "gpt-4o", None).headers
+    assert [v for _, name, v in sent if name == b"x-ms-spillover-deployment"] == [b"gpt-4o-standard"]
+    plain = template.for_backend(Backend("https://paygo.example.com"), "gpt-4o", None).headers
+    assert [v for _, name, v in plain if name == b"x-ms-spillover-deployment"] == [b"theirs"]
