@@ -7,7 +7,8 @@ import random
 from collections import Counter
 
 import pytest
-from helpers import FakeClock, balancer_on
+from helpers import FakeClock
+from helpers import balancer_on as make
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,17 +22,6 @@ PAYGO_B = Backend("https://paygo-b.example.com", priority=2, name="paygo-b")
 FAR = Backend("https://far.example.com", priority=3, name="far")
 
 NOT_FOUND = json.dumps({"error": {"code": "DeploymentNotFound", "message": "no"}}).encode()
-
-
-def make(
-    backends: list[Backend],
-    clock: FakeClock,
-    *,
-    policy: Policy | None = None,
-    rng: random.Random | None = None,
-    limit: float = 120.0,
-) -> Balancer:
-    return balancer_on(backends, clock, policy=policy, rng=rng, limit=limit)
 
 
 def attempt(call: Call) -> Attempt:
