@@ -34,7 +34,7 @@ from ._events import (
     hooks_from,
 )
 from ._headers import cooldown_from_headers
-from ._headroom import HeadroomBook, Reading, Signals, Slot, book_for, estimate, read_signals, tiktoken_counter
+from ._headroom import HeadroomBook, Signals, Slot, book_for, estimate, read_signals, tiktoken_counter
 from ._health import HealthStore, Reason, default_store
 from ._logging import DETAIL, NOTICE, log, log_event
 from ._status import BackendState, BackendStatus, DeploymentCooldown, StatsBook
@@ -351,6 +351,8 @@ class Call:
         reserved there; and the backends passed over on the way. With none that fits, the usual choice."""
         policy = self._balancer.policy
         check = (now, policy.headroom_horizon, policy.headroom_utilization)
+        if len(first) == 1 and self._reserve(book, first[0], now, check):
+            return first[0], ()
         passed: list[Backend] = []
         tier = first
         while tier:
@@ -389,15 +391,14 @@ class Call:
         self._hold = (slot, ticket)
         return True
 
-    def _unhold(self) -> int | None:
-        """End the reservation of the attempt in flight; the slot's mark through it (None without one)."""
+    def _unhold(self) -> None:
+        """End the reservation of the attempt in flight, if it has one."""
         hold = self._hold
-        if hold is None:
-            return None
-        self._hold = None
-        book = self._balancer.book
-        assert book is not None, "only a balancer with a book reserves"
-        return book.release(*hold)
+        if hold is not None:
+            self._hold = None
+            book = self._balancer.book
+            assert book is not None, "only a balancer with a book reserves"
+            book.release(*hold)
 
     def _settle(self, attempt: Attempt, status: int, raw: Sequence[tuple[bytes, bytes, bytes]]) -> Signals | None:
         """End the attempt's reservation and keep the reading its answer brings; the answer's ``Signals``.
@@ -405,11 +406,8 @@ class Call:
         A 429 or a failover status says nothing of the room left (the cooldown or the breaker speaks), and a
         spilled answer's rate-limit headers are those of the deployment it spilled to: neither is kept.
         """
-        mark = self._unhold()
         balancer = self._balancer
-        if not (balancer._reads and raw):
-            return None
-        signals = read_signals(raw)
+        signals = read_signals(raw) if balancer._reads and raw else None
         book = balancer.book
         if (
             signals is not None
@@ -419,9 +417,14 @@ class Call:
             and status != 429
             and status not in balancer.policy.failover_statuses
         ):
-            now = balancer.clock()
-            reading = Reading(signals, attempt.started, now, mark)
-            book.record(attempt.backend.key, attempt.deployment or "", reading, balancer.policy.headroom_horizon)
+            hold, self._hold = self._hold, None
+            key, deployment = attempt.backend.key, attempt.deployment or ""
+            horizon = balancer.policy.headroom_horizon
+            book.record(
+                key, deployment, hold, signals, sent=attempt.started, received=balancer.clock(), horizon=horizon
+            )
+        else:
+            self._unhold()
         return signals
 
     def _pick(self, candidates: list[Backend]) -> Backend:

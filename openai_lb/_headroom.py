@@ -35,7 +35,6 @@ import math
 import re
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -78,7 +77,6 @@ _NAMES = (
     b"x-ms-spillover-from-deployment",
 )
 _INDEX = {name: index for index, name in enumerate(_NAMES)}
-_ROOM = len(_NAMES) - 2  # the fields before the spillover ones say how much room there is
 
 _DECIMAL = re.compile(rb"[ \t]*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)[ \t]*")
 _PERCENT = re.compile(rb"[ \t]*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)[ \t]*%?[ \t]*")
@@ -111,10 +109,6 @@ def _name(value: bytes | None) -> str | None:
     return text or None
 
 
-def _reset(value: bytes | None) -> float | None:
-    return None if value is None else parse_reset(value.decode("latin-1"))
-
-
 class Signals(NamedTuple):
     """What one answer's headers say of its deployment; None where a header is absent or unusable."""
 
@@ -135,12 +129,18 @@ class Signals(NamedTuple):
     @property
     def has_room(self) -> bool:
         """Whether any header says how much room the deployment has."""
-        return any(value is not None for value in self[:_ROOM])
+        return not (
+            self.remaining_requests is None
+            and self.remaining_tokens is None
+            and self.utilization is None
+            and self.limit_requests is None
+            and self.limit_tokens is None
+        )
 
 
 def read_signals(headers: Iterable[tuple[bytes, bytes, bytes]]) -> Signals | None:
     """The ``Signals`` of headers given as (name, lowercased name, value) triples, in one pass over them;
-    None when none of the headers is there (nothing is built for an answer without them)."""
+    None when none of the headers is there (nothing is parsed for an answer without them)."""
     found: list[bytes | None] | None = None
     index_of = _INDEX.get
     for _, name, value in headers:
@@ -151,20 +151,21 @@ def read_signals(headers: Iterable[tuple[bytes, bytes, bytes]]) -> Signals | Non
             found[index] = value
     if found is None:
         return None
-    remaining_requests, remaining_tokens, limit_requests, limit_tokens = (
-        None if value is None else parse_count(value) for value in found[:4]
-    )
-    utilization = found[6]
-    return Signals(
-        remaining_requests,
-        remaining_tokens,
-        limit_requests,
-        limit_tokens,
-        _reset(found[4]),
-        _reset(found[5]),
-        None if utilization is None else parse_utilization(utilization),
-        _name(found[7]),
-        _name(found[8]),
+    requests, tokens, requests_limit, tokens_limit, requests_reset, tokens_reset, utilization, served, spilled = found
+    # tuple.__new__ skips the named tuple's own constructor, which is written in Python: one per answer.
+    return tuple.__new__(
+        Signals,
+        (
+            None if requests is None else parse_count(requests),
+            None if tokens is None else parse_count(tokens),
+            None if requests_limit is None else parse_count(requests_limit),
+            None if tokens_limit is None else parse_count(tokens_limit),
+            None if requests_reset is None else parse_reset(requests_reset.decode("latin-1")),
+            None if tokens_reset is None else parse_reset(tokens_reset.decode("latin-1")),
+            None if utilization is None else parse_utilization(utilization),
+            _name(served),
+            _name(spilled),
+        ),
     )
 
 
@@ -175,6 +176,7 @@ BYTES_PER_TOKEN = 4
 """A token of English text or JSON is about four bytes; the estimate rounds up."""
 _BASE64 = b";base64,"
 _JSON_START = re.compile(rb"[ \t\r\n]*[\[{]")
+_OPENERS = b"{["
 # A number of output tokens under one of the keys Azure reads; a longer number or a fraction is not one.
 _MAX_OUTPUT = re.compile(rb'"max_(?:completion_|output_)?tokens"[ \t\r\n]*:[ \t\r\n]*([0-9]{1,12})(?![0-9.eE])')
 _OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -194,6 +196,8 @@ def output_tokens(parsed: object) -> int | None:
 
 def _searched_output(body: bytes) -> int | None:
     """The largest output limit named anywhere in the body's bytes (no parse; a nested key counts too)."""
+    if b'"max_' not in body:  # the common case, at the speed of a byte search
+        return None
     found = [int(number) for number in _MAX_OUTPUT.findall(body)]
     return max(found) if found else None
 
@@ -215,7 +219,7 @@ def prompt_tokens(body: bytes | None, count: Callable[[str], int] | None = None)
     """Prompt tokens of a JSON body: its bytes / ``BYTES_PER_TOKEN`` (JSON punctuation and keys included, base64
     image data left out), or, with ``count`` (a tokenizer's), the tokens of its string values; 0 for a body that
     is not JSON (a multipart upload). Never raises."""
-    if not body or _JSON_START.match(body) is None:
+    if not body or (body[0] not in _OPENERS and _JSON_START.match(body) is None):
         return 0  # no body, or not JSON (a multipart upload): no prompt text
     if count is not None:
         counted = _counted(body, count)
@@ -311,8 +315,8 @@ class Slot:
 
     def __init__(self) -> None:
         self.reading: Reading | None = None
-        # ticket -> (started, tokens, mark through it), oldest first
-        self.pending: OrderedDict[int, tuple[float, int, int]] = OrderedDict()
+        # ticket -> (started, tokens, mark through it), oldest first (a dict keeps the order of insertion)
+        self.pending: dict[int, tuple[float, int, int]] = {}
         self.admitted = 0
         """Tokens reserved here so far: a running mark that orders readings and measures what came between."""
         self.rate: float | None = None
@@ -333,30 +337,41 @@ class Slot:
         reading = self.reading
         if reading is None or now >= reading.received + horizon:
             return True
-        signals, sent = reading.signals, reading.sent
-        pending = self._since(sent)
-        for remaining, limit, reset, index, need in (
-            (signals.remaining_requests, signals.limit_requests, signals.reset_requests, 0, 1),
-            (signals.remaining_tokens, signals.limit_tokens, signals.reset_tokens, 1, tokens),
-        ):
-            if remaining is None:
-                continue
-            if reset is not None and now >= reading.received + reset:
-                # The window has refilled since: its limit, less what was sent since it refilled.
-                if limit is None:
-                    continue
-                room = limit - self._since(reading.received + reset)[index]
-            else:
-                room = remaining - pending[index]
-            if room < need:
+        signals = reading.signals
+        if self.pending or signals.reset_requests is not None or signals.reset_tokens is not None:
+            left = self._left(reading, now, 0)
+            if left is not None and left < 1:
+                return False
+            left = self._left(reading, now, 1)
+            if left is not None and left < tokens:
+                return False
+        else:  # nothing in flight and no window to refill: the reading as it stands
+            requests, remaining = signals.remaining_requests, signals.remaining_tokens
+            if (requests is not None and requests < 1) or (remaining is not None and remaining < tokens):
                 return False
         utilization = signals.utilization
-        if utilization is not None:
-            if self.rate is not None:
-                utilization += self.rate * (pending[1] + tokens)
-            if utilization >= threshold:
-                return False
-        return True
+        if utilization is None:
+            return True
+        if self.rate is not None:
+            utilization += self.rate * (self._since(reading.sent)[1] + tokens)
+        return utilization < threshold
+
+    def _left(self, reading: Reading, now: float, of: int) -> float | None:
+        """What one quota (``of`` 0: requests, 1: tokens) has left by the reading, less what was sent after it;
+        once the quota's window has refilled, its limit less what was sent since. None: the reading does not say."""
+        signals = reading.signals
+        if of == 0:
+            remaining, limit, reset = signals.remaining_requests, signals.limit_requests, signals.reset_requests
+        else:
+            remaining, limit, reset = signals.remaining_tokens, signals.limit_tokens, signals.reset_tokens
+        if remaining is None:
+            return None
+        moment = reading.sent
+        if reset is not None and now >= reading.received + reset:
+            if limit is None:
+                return None
+            remaining, moment = limit, reading.received + reset
+        return remaining - self._since(moment)[of] if self.pending else remaining
 
     def learn(self, reading: Reading) -> None:
         """Take ``reading`` if it is newer than the one held (or that one no longer holds: the caller says)."""
@@ -412,23 +427,37 @@ class HeadroomBook:
             slot.pending[ticket] = (started, tokens, slot.admitted)
             return ticket
 
-    def release(self, slot: Slot, ticket: int) -> int | None:
-        """End a reservation; the slot's mark through it (for a reading its answer brings), None if it had ended."""
+    def release(self, slot: Slot, ticket: int) -> None:
+        """End a reservation (its answer brought no reading)."""
         with self._lock:
-            held = slot.pending.pop(ticket, None)
-            return None if held is None else held[2]
+            slot.pending.pop(ticket, None)
 
-    def record(self, key: str, deployment: str, reading: Reading, horizon: float) -> None:
-        """Keep ``reading`` for the deployment unless the one held is newer and still holds."""
+    def record(
+        self,
+        key: str,
+        deployment: str,
+        hold: tuple[Slot, int] | None,
+        signals: Signals,
+        *,
+        sent: float,
+        received: float,
+        horizon: float,
+    ) -> None:
+        """End the reservation ``hold`` (if any) of the attempt sent at ``sent`` and keep the reading its answer
+        brought, unless the one held is newer and still holds."""
         with self._lock:
+            mark = None
+            if hold is not None:
+                held_tokens = hold[0].pending.pop(hold[1], None)
+                mark = None if held_tokens is None else held_tokens[2]
             slot = self._slots.get((key, deployment))
             if slot is None:
-                if len(self._slots) >= self.max_slots and not self._forget_idle(reading.received, horizon):
+                if len(self._slots) >= self.max_slots and not self._forget_idle(received, horizon):
                     return
                 slot = self._slots[(key, deployment)] = Slot()
-            held = slot.reading
-            if held is None or reading.sent >= held.sent or reading.received >= held.received + horizon:
-                slot.learn(reading)
+            current = slot.reading
+            if current is None or sent >= current.sent or received >= current.received + horizon:
+                slot.learn(tuple.__new__(Reading, (signals, sent, received, mark)))
 
     def _forget_idle(self, now: float, horizon: float) -> bool:
         """Forget the slots whose reading no longer holds and that have nothing in flight; whether any went."""
