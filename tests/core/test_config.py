@@ -213,3 +213,14 @@ def test_international_host_names_travel_in_their_ascii_form() -> None:
 def test_names_must_be_printable_ascii_for_the_response_header() -> None:
     with pytest.raises(ConfigurationError, match="printable ASCII"):
         Backend("https://x.example.com", name="späti")
+
+
+@pytest.mark.parametrize("name", ["", " padded", "line\nbreak", "\u2603", 7])
+def test_a_spillover_deployment_must_be_a_name_a_header_can_carry(name: object) -> None:
+    with pytest.raises(ConfigurationError, match="spillover_deployment"):
+        Backend("https://ptu.example.com", spillover_deployment=name)  # type: ignore[arg-type]
+
+
+def test_the_spillover_deployment_shows_in_the_repr() -> None:
+    backend = Backend("https://ptu.example.com", spillover_deployment="gpt-4o-standard")
+    assert "spillover_deployment='gpt-4o-standard'" in repr(backend)

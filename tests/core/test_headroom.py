@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import sys
 import threading
@@ -623,3 +624,21 @@ def test_a_utilisation_that_fell_teaches_no_rate(clock: FakeClock) -> None:
 def test_headroom_settings_are_validated(field: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=f"Policy.{field}"):
         Policy(**{field: value})  # type: ignore[arg-type]
+
+
+# -- in the logs
+
+
+def test_the_log_names_the_backends_passed_over_and_escapes_a_spilled_deployment(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    spilling = Backend("https://s.example.com", priority=1, name="s")
+    balancer = make([spilling, PAYGO], clock)
+    answer(balancer, spilling, {"x-ratelimit-remaining-requests": "0"})
+    with caplog.at_level(logging.DEBUG, logger="openai_lb"):
+        call = begin(balancer)
+        step = attempt(call)
+        call.report(step, 200, {}, None, raw({"x-ms-spillover-from-deployment": "a", "x-ms-deployment-name": "b\rc"}))
+    messages = [record.getMessage() for record in caplog.records]
+    assert "attempt 1: paygo (deployment 'gpt-4o'; passed over for headroom: s)" in messages
+    assert "attempt 1 on paygo ended: success (HTTP 200, Azure spilled it to deployment 'b\\rc')" in messages

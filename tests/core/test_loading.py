@@ -143,3 +143,10 @@ def test_a_deeply_nested_json_string_is_a_configuration_error_naming_its_source(
     monkeypatch.setenv("OPENAI_LB_BACKENDS", str(path))
     with pytest.raises(ConfigurationError, match=re.escape(f"{path} {TOO_DEEP}")):
         backends_from_env()
+
+
+def test_a_backend_may_name_its_spillover_deployment() -> None:
+    [backend] = backends_from_json('[{"url": "https://ptu.example.com", "spillover_deployment": "gpt-4o-standard"}]')
+    assert backend.spillover_deployment == "gpt-4o-standard"
+    with pytest.raises(ConfigurationError, match=r"backends\[0\].*spillover_deployment"):
+        backends_from_json('[{"url": "https://ptu.example.com", "spillover_deployment": 5}]')

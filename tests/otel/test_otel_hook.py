@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import subprocess
@@ -452,3 +453,18 @@ def test_the_observability_example_runs_offline_and_shows_logs_metrics_and_spans
     assert "ptu answers again" in done.stderr, done.stderr
     for name in (ATTEMPT_DURATION, ACTIVE_ATTEMPTS, AVAILABLE_BACKENDS, COOLDOWNS, "openai_lb.failovers"):
         assert f'"{name}"' in done.stdout, f"{name} is missing from the console exporters' output"
+
+
+def test_passed_over_backends_are_counted_and_a_spilled_answer_names_its_deployment(telemetry: Telemetry) -> None:
+    from openai_lb import AttemptFinished, AttemptStarted
+    from openai_lb.otel import PASSED_OVER
+
+    telemetry.hook(AttemptStarted("paygo", "https://paygo.example.com", "gpt-4o", 1, None, ("ptu", "ptu-b")))
+    telemetry.hook(AttemptStarted("paygo", "https://paygo.example.com", "gpt-4o", 1, None, ("ptu",)))
+    telemetry.hook(AttemptStarted("ptu", "https://ptu.example.com", "gpt-4o", 1))
+    finished = AttemptFinished("ptu", "https://ptu.example.com", "gpt-4o", 1, "success", 200, None, 0.1)
+    telemetry.hook(dataclasses.replace(finished, spilled_to="gpt-4o-standard"))
+    passed = {attributes["openai_lb.backend"]: point.value for attributes, point in telemetry.points(PASSED_OVER)}
+    assert passed == {"ptu": 2, "ptu-b": 1}
+    [(attributes, _)] = telemetry.points(ATTEMPT_DURATION)
+    assert attributes["openai_lb.spilled_to"] == "gpt-4o-standard"

@@ -20,7 +20,7 @@ async def async_token() -> str:
 
 
 backends = [
-    Backend("https://ptu-eastus.openai.azure.com", priority=1, api_key="key"),
+    Backend("https://ptu-eastus.openai.azure.com", priority=1, api_key="key", spillover_deployment="gpt-4o-std"),
     Backend("https://paygo-eastus.openai.azure.com", priority=2, weight=2),
     Backend(
         "https://apim.example.net/team-a",
@@ -53,16 +53,25 @@ name: str = backends[0].name
 version: str = openai_lb.__version__
 transport = openai_lb.HTTPX2Transport(backends)
 legacy = openai_lb.HTTPXTransport(backends, policy=Policy())
+spilling = Policy(headroom=True, headroom_horizon=2.0, headroom_utilization=90.0, headroom_output_tokens=500)
+exact = Policy(headroom_tokenizer="o200k_base")
 header: str = openai_lb.BACKEND_HEADER
 balancer: openai_lb.Balancer | None = AzureOpenAI(backends=backends, api_key="k", api_version="v").balancer
 statuses: tuple[openai_lb.BackendStatus, ...] = balancer.status() if balancer is not None else ()
 state: openai_lb.BackendState = statuses[0].state if statuses else "available"
+full_and_spilled: tuple[int, int] = (statuses[0].passed_over, statuses[0].spilled) if statuses else (0, 0)
 
 
 def on_attempt(event: openai_lb.Event) -> None:
     if isinstance(event, openai_lb.AttemptFinished) and event.failed_over:
         outcome: openai_lb.Outcome = event.outcome
         print(event.backend, outcome, event.status, event.latency)
+    if isinstance(event, openai_lb.AttemptFinished) and event.spilled_to is not None:
+        served_by: str = event.spilled_to
+        print(served_by)
+    if isinstance(event, openai_lb.AttemptStarted) and event.passed_over:
+        full: tuple[str, ...] = event.passed_over
+        print(full)
 
 
 class CountCooldowns:
