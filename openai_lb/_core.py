@@ -351,8 +351,6 @@ class Call:
         reserved there; and the backends passed over on the way. With none that fits, the usual choice."""
         policy = self._balancer.policy
         check = (now, policy.headroom_horizon, policy.headroom_utilization)
-        if len(first) == 1 and self._reserve(book, first[0], now, check):
-            return first[0], ()
         passed: list[Backend] = []
         tier = first
         while tier:
@@ -407,7 +405,9 @@ class Call:
         spilled answer's rate-limit headers are those of the deployment it spilled to: neither is kept.
         """
         balancer = self._balancer
-        signals = read_signals(raw) if balancer._reads and raw else None
+        if not balancer._reads:  # headroom off, and no backend asks Azure to spill: nothing held, nothing read
+            return None
+        signals = read_signals(raw) if raw else None
         book = balancer.book
         if (
             signals is not None

@@ -13,7 +13,9 @@ reading and the requests sent since it, behind one lock.
 How a reading and the requests in flight add up (``Slot.fits``): a reading describes what Azure had
 admitted when the attempt it answered was *sent*; the attempts this process sent since then (at or
 after that moment) and not yet answered are what it cannot know, so their estimates are reserved
-against it. Each answer brings a newer reading, which then counts the attempts sent before it.
+against it. Each answer brings a newer reading, which then counts the attempts sent before it. A
+reservation ends with its attempt's answer (a stream's too, at its headers: the reading they carry
+counts the request) or with whatever else ends the attempt: an error, a skip, a cancellation.
 
 Provisioned deployments report a utilisation percentage, not tokens. To reserve against it the book
 learns, per deployment, how many percent one token adds: between two readings whose attempts it
@@ -85,7 +87,7 @@ _PERCENT = re.compile(rb"[ \t]*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)[ \t]*%?[ \t]*")
 def parse_count(value: bytes) -> float | None:
     """A non-negative count ("2998", " 12 ", "12.5"); None for anything else (signs, exponents, garbage)."""
     if value.isdigit():  # ASCII digits only: the common case, without a regex
-        return float(int(value))
+        return int(value)
     match = _DECIMAL.fullmatch(value)
     if match is None:
         return None
@@ -122,7 +124,7 @@ class Signals(NamedTuple):
     utilization: float | None
     """Percent of a provisioned deployment in use."""
     deployment: str | None
-    """The deployment that served the request (``x-ms-deployment-name``)."""
+    """The deployment that served a spilled request (``x-ms-deployment-name``); None when it did not spill."""
     spilled_from: str | None
     """The provisioned deployment Azure spilled this request from (``x-ms-spillover-from-deployment``)."""
 
@@ -163,7 +165,8 @@ def read_signals(headers: Iterable[tuple[bytes, bytes, bytes]]) -> Signals | Non
             None if requests_reset is None else parse_reset(requests_reset.decode("latin-1")),
             None if tokens_reset is None else parse_reset(tokens_reset.decode("latin-1")),
             None if utilization is None else parse_utilization(utilization),
-            _name(served),
+            # Which deployment served matters only when Azure spilled the request (it names it on every answer).
+            None if spilled is None else _name(served),
             _name(spilled),
         ),
     )

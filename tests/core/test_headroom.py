@@ -175,6 +175,12 @@ def test_empty_spillover_headers_are_absent() -> None:
     assert (signals.deployment, signals.spilled_from, signals.has_room) == (None, None, False)
 
 
+def test_the_deployment_that_served_is_read_only_from_a_spilled_answer() -> None:
+    signals = read_signals(raw({"x-ms-deployment-name": "gpt-4o", "x-ratelimit-remaining-requests": "3"}))
+    assert signals is not None
+    assert signals.deployment is None, "Azure names the deployment on every answer; only a spilled one tells"
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(HEADER_NAMES), st.binary(max_size=40)))
 def test_no_header_value_raises_and_every_number_read_is_usable(headers: dict[str, bytes]) -> None:
