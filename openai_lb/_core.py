@@ -304,7 +304,7 @@ class Call:
             return self._answer(now)
         book = balancer.book
         passed: tuple[Backend, ...] = ()
-        if book is None:
+        if book is None or not book.slots:  # headroom off, or no backend has sent a reading yet
             chosen = candidates[0] if len(candidates) == 1 else self._pick(candidates)
         else:
             chosen, passed = self._with_room(book, candidates, after, now)

@@ -398,20 +398,21 @@ class HeadroomBook:
     """Readings and reservations per (backend key, deployment), shared by every balancer of one health store
     in this process (``book_for``). Thread-safe; bounded to ``max_slots`` deployments."""
 
-    __slots__ = ("__weakref__", "_lock", "_slots", "_tickets", "max_slots")
+    __slots__ = ("__weakref__", "_lock", "_tickets", "max_slots", "slots")
 
     def __init__(self, *, max_slots: int = 10_000) -> None:
-        self._slots: dict[tuple[str, str], Slot] = {}
+        self.slots: dict[tuple[str, str], Slot] = {}
+        """(backend key, deployment) -> its slot; read without the lock (one dict lookup), changed under it."""
         self._lock = threading.Lock()
         self._tickets = 0
         self.max_slots = max_slots
 
     def __len__(self) -> int:
-        return len(self._slots)
+        return len(self.slots)
 
     def slot(self, key: str, deployment: str) -> Slot | None:
         """The slot of a deployment that has answered with a reading; None for one that never has."""
-        return self._slots.get((key, deployment))
+        return self.slots.get((key, deployment))
 
     def reserve(
         self, slot: Slot, started: float, tokens: int, *, check: tuple[float, float, float] | None = None
@@ -453,11 +454,11 @@ class HeadroomBook:
             if hold is not None:
                 held_tokens = hold[0].pending.pop(hold[1], None)
                 mark = None if held_tokens is None else held_tokens[2]
-            slot = self._slots.get((key, deployment))
+            slot = self.slots.get((key, deployment))
             if slot is None:
-                if len(self._slots) >= self.max_slots and not self._forget_idle(received, horizon):
+                if len(self.slots) >= self.max_slots and not self._forget_idle(received, horizon):
                     return
-                slot = self._slots[(key, deployment)] = Slot()
+                slot = self.slots[(key, deployment)] = Slot()
             current = slot.reading
             if current is None or sent >= current.sent or received >= current.received + horizon:
                 slot.learn(tuple.__new__(Reading, (signals, sent, received, mark)))
@@ -466,16 +467,16 @@ class HeadroomBook:
         """Forget the slots whose reading no longer holds and that have nothing in flight; whether any went."""
         idle = [
             name
-            for name, slot in self._slots.items()
+            for name, slot in self.slots.items()
             if not slot.pending and (slot.reading is None or now >= slot.reading.received + horizon)
         ]
         for name in idle:
-            del self._slots[name]
+            del self.slots[name]
         return bool(idle)
 
     def clear(self) -> None:
         with self._lock:
-            self._slots.clear()
+            self.slots.clear()
 
 
 _books: weakref.WeakKeyDictionary[object, HeadroomBook] = weakref.WeakKeyDictionary()
