@@ -86,7 +86,7 @@ _PERCENT = re.compile(rb"[ \t]*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)[ \t]*%?[ \t]*")
 
 def parse_count(value: bytes) -> float | None:
     """A non-negative count ("2998", " 12 ", "12.5"); None for anything else (signs, exponents, garbage)."""
-    if value.isdigit():  # ASCII digits only: the common case, without a regex
+    if len(value) < 19 and value.isdigit():  # ASCII digits (what Azure sends), short enough for int() to be quick
         return int(value)
     match = _DECIMAL.fullmatch(value)
     if match is None:
@@ -144,13 +144,11 @@ def read_signals(headers: Iterable[tuple[bytes, bytes, bytes]]) -> Signals | Non
     """The ``Signals`` of headers given as (name, lowercased name, value) triples, in one pass over them;
     None when none of the headers is there (nothing is parsed for an answer without them)."""
     found: list[bytes | None] | None = None
-    index_of = _INDEX.get
     for _, name, value in headers:
-        index = index_of(name)
-        if index is not None:
+        if name in _INDEX:  # an operator, not a call: most names are not ours
             if found is None:
                 found = [None] * len(_NAMES)
-            found[index] = value
+            found[_INDEX[name]] = value
     if found is None:
         return None
     requests, tokens, requests_limit, tokens_limit, requests_reset, tokens_reset, utilization, served, spilled = found
@@ -199,8 +197,6 @@ def output_tokens(parsed: object) -> int | None:
 
 def _searched_output(body: bytes) -> int | None:
     """The largest output limit named anywhere in the body's bytes (no parse; a nested key counts too)."""
-    if b'"max_' not in body:  # the common case, at the speed of a byte search
-        return None
     found = [int(number) for number in _MAX_OUTPUT.findall(body)]
     return max(found) if found else None
 
@@ -228,7 +224,8 @@ def prompt_tokens(body: bytes | None, count: Callable[[str], int] | None = None)
         counted = _counted(body, count)
         if counted is not None:
             return counted
-    return -(-(len(body) - _image_bytes(body)) // BYTES_PER_TOKEN)
+    text = len(body) - _image_bytes(body) if _BASE64 in body else len(body)
+    return -(-text // BYTES_PER_TOKEN)
 
 
 def _counted(body: bytes, count: Callable[[str], int]) -> int | None:
@@ -263,7 +260,7 @@ def estimate(
     ``default_output``. Never raises, whatever the body.
     """
     output = named_output
-    if output is None and body:
+    if output is None and body and b'"max_' in body:
         output = _searched_output(body)
     return prompt_tokens(body, count) + (default_output if output is None else output)
 
@@ -377,7 +374,7 @@ class Slot:
         return remaining - self._since(moment)[of] if self.pending else remaining
 
     def learn(self, reading: Reading) -> None:
-        """Take ``reading`` if it is newer than the one held (or that one no longer holds: the caller says)."""
+        """Take ``reading`` (the caller has checked it is the newer one), learning the utilisation rate from it."""
         held = self.reading
         if (
             held is not None
@@ -461,7 +458,11 @@ class HeadroomBook:
                 slot = self.slots[(key, deployment)] = Slot()
             current = slot.reading
             if current is None or sent >= current.sent or received >= current.received + horizon:
-                slot.learn(tuple.__new__(Reading, (signals, sent, received, mark)))
+                reading = tuple.__new__(Reading, (signals, sent, received, mark))
+                if signals.utilization is not None:
+                    slot.learn(reading)
+                else:
+                    slot.reading = reading
 
     def _forget_idle(self, now: float, horizon: float) -> bool:
         """Forget the slots whose reading no longer holds and that have nothing in flight; whether any went."""

@@ -161,6 +161,7 @@ def test_unusable_counts_are_absent(value: str) -> None:
 def test_a_count_too_long_for_a_float_is_absent() -> None:
     assert parse_count(b"1." + b"9" * 400) is not None, "a long fraction is still a number"
     assert parse_count(b"9" * 400 + b".5") is None, "overflows to infinity: absent"
+    assert parse_count(b"9" * 5000) is None, "beyond what int() takes from a string: absent, not an error"
 
 
 def test_reset_times_use_the_cooldown_parser_and_unusable_ones_are_absent() -> None:
