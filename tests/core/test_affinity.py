@@ -530,6 +530,42 @@ def test_a_template_on_a_stateless_path_has_no_affinity() -> None:
     assert chat.stateful is None
 
 
+REFERENCE_KEYS = [
+    "previous_response_id",
+    "conversation",
+    "input_file_id",
+    "file_id",
+    "file_ids",
+    "vector_store_ids",
+    "training_file",
+    "validation_file",
+    "assistant_id",
+    "container",
+    "metadata",
+    "schema",
+    "id",
+]
+bodies = st.recursive(
+    st.one_of(json_scalars, st.from_regex(r"[a-z]{2,5}_[0-9]{1,3}", fullmatch=True)),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(REFERENCE_KEYS) | texts(3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@SLOW_START
+@given(body=bodies)
+def test_a_body_naming_objects_always_passes_the_quick_check_and_names_only_its_own_strings(body: object) -> None:
+    found = body_references(body)
+    text = json.dumps(body)
+    if found:
+        assert names_objects(text.encode()), f"{text} names {found} but the quick check would skip it"
+    assert len(set(found)) == len(found), f"{found} repeats an id"
+    for object_id in found:
+        assert json.dumps(object_id) in text, f"{object_id!r} is not a string of {text}"
+
+
 # -- none of it raises, whatever comes in
 
 METHODS = st.sampled_from(["GET", "POST", "DELETE", "PATCH", ""])

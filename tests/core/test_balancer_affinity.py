@@ -6,6 +6,8 @@ import json
 
 import pytest
 from helpers import FakeClock, make_balancer, next_answer, next_attempt, respond
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from openai_lb import (
     AttemptFinished,
@@ -19,7 +21,7 @@ from openai_lb import (
     Policy,
 )
 from openai_lb._affinity import body_references, route_of, stateful
-from openai_lb._core import Balancer, Call
+from openai_lb._core import Balancer, Call, SyntheticResponse
 
 PTU = Backend("https://ptu.example.com", priority=1, name="ptu")
 PAYGO_A = Backend("https://paygo-a.example.com", priority=2, name="paygo-a")
@@ -386,3 +388,55 @@ def test_a_pinned_request_too_long_for_its_holder_gets_the_holders_400(clock: Fa
     step, delivered = respond(chained, 400, TOO_LONG)
     assert (step.backend, delivered) == (PAYGO_A, True), "no other backend holds the response"
     assert owner(balancer, "resp_1") == PAYGO_A.key, "too long is not 'not here'"
+
+
+ANSWERS = {
+    "ok": (200, b'{"id": "resp_new"}'),
+    "429": (429, None),
+    "500": (500, None),
+    "missing": (404, json.dumps({"error": {"code": "DeploymentNotFound"}}).encode()),
+    "not-here": (404, NOT_FOUND),
+    "not-found-400": (400, PREVIOUS_NOT_FOUND),
+    "too-long": (400, TOO_LONG),
+    "refused": (400, error("invalid_request_error")),
+}
+
+
+@given(
+    priorities=st.lists(st.integers(min_value=1, max_value=3), min_size=1, max_size=5),
+    holders=st.lists(st.one_of(st.none(), st.integers(min_value=0, max_value=4)), min_size=2, max_size=2),
+    script=st.lists(st.sampled_from(sorted(ANSWERS)), max_size=30),
+    advance=st.floats(min_value=0, max_value=100),
+)
+@settings(max_examples=150, deadline=None)
+def test_a_stateful_call_never_loops_and_ends_in_a_delivery_or_an_answer(
+    priorities: list[int], holders: list[int | None], script: list[str], advance: float
+) -> None:
+    clock = FakeClock()
+    backends = [Backend(f"https://b{i}.example.com", priority=p) for i, p in enumerate(priorities)]
+    balancer = make_balancer(backends, clock)
+    for object_id, holder in zip(("resp_1", "file-1"), holders, strict=True):
+        if holder is not None and holder < len(backends):
+            held(balancer, object_id, backends[holder])
+    feed = iter(script)
+    body = {"previous_response_id": "resp_1", "input": [{"content": [{"type": "input_file", "file_id": "file-1"}]}]}
+    for _ in range(3):
+        owners = {owner(balancer, object_id) for object_id in ("resp_1", "file-1")} - {None}
+        call = begin(balancer, "POST", "/openai/v1/responses", body)
+        tried: list[str | None] = []
+        while True:
+            step = call.next()
+            if isinstance(step, SyntheticResponse):
+                assert step.status in (400, 404, 429), f"unexpected synthetic {step.status}"
+                break
+            tried.append(step.backend.key)
+            status, answer = ANSWERS[next(feed, "ok")]
+            if call.report(step, status, {}, answer):
+                break
+        assert len(tried) == len(set(tried)) <= len(backends), f"each backend at most once per call: {tried}"
+        if len(owners) > 1:
+            assert (tried, step.status) == ([], 400), "objects apart: refused without sending"
+        elif owners:
+            assert set(tried) <= owners, f"pinned to {owners}, tried {tried}"
+        assert sum(s.in_flight for s in balancer.status()) == 0, "every attempt was reported"
+        clock.advance(advance)
