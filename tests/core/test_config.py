@@ -213,3 +213,40 @@ def test_international_host_names_travel_in_their_ascii_form() -> None:
 def test_names_must_be_printable_ascii_for_the_response_header() -> None:
     with pytest.raises(ConfigurationError, match="printable ASCII"):
         Backend("https://x.example.com", name="späti")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"affinity": 1}, "affinity"),
+        ({"affinity": "yes"}, "affinity"),
+        ({"affinity": None}, "affinity"),
+        ({"context_failover": 0}, "context_failover"),
+        ({"context_failover": "false"}, "context_failover"),
+        ({"affinity_capacity": 0}, "affinity_capacity"),
+        ({"affinity_capacity": -5}, "affinity_capacity"),
+        ({"affinity_capacity": 1.5}, "affinity_capacity"),
+        ({"affinity_capacity": True}, "affinity_capacity"),
+        ({"affinity_capacity": "100"}, "affinity_capacity"),
+        ({"affinity_ttl": 0}, "affinity_ttl"),
+        ({"affinity_ttl": -1}, "affinity_ttl"),
+        ({"affinity_ttl": float("inf")}, "affinity_ttl"),
+        ({"affinity_ttl": float("nan")}, "affinity_ttl"),
+        ({"affinity_ttl": True}, "affinity_ttl"),
+        ({"affinity_ttl": "60"}, "affinity_ttl"),
+    ],
+    ids=repr,
+)
+def test_invalid_affinity_settings_are_rejected_naming_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^Policy\.{field} must"):
+        Policy(**kwargs)
+
+
+def test_affinity_settings_take_their_smallest_values() -> None:
+    policy = Policy(affinity=False, affinity_capacity=1, affinity_ttl=1, context_failover=False)
+    assert (policy.affinity, policy.affinity_capacity, policy.affinity_ttl, policy.context_failover) == (
+        False,
+        1,
+        1,
+        False,
+    )
