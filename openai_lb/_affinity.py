@@ -77,7 +77,7 @@ _OPAQUE = frozenset({"metadata", "parameters", "schema", "properties"})
 _NOT_FOUND_CODES = frozenset({"previous_response_not_found", "conversation_not_found", "file_not_found"})
 _NOT_FOUND_WORDS = re.compile(r"(?i)\bnot found\b|\bno such\b|\bdoes not exist\b")
 # A JSON object whose first key is "id", with a plain string value (no escapes to undo).
-_LEADING_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*"([^"\\]{1,512})"')
+_LEADING_ID = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"id"[ \t\n\r]*:[ \t\n\r]*"([^"\\]{1,512})"')
 
 
 class Stateful(NamedTuple):

@@ -440,3 +440,15 @@ def test_a_stateful_call_never_loops_and_ends_in_a_delivery_or_an_answer(
             assert set(tried) <= owners, f"pinned to {owners}, tried {tried}"
         assert sum(s.in_flight for s in balancer.status()) == 0, "every attempt was reported"
         clock.advance(advance)
+
+
+def test_a_delete_found_by_discovery_announces_no_owner(clock: FakeClock) -> None:
+    events: list[Event] = []
+    balancer = make_balancer([PTU, PAYGO_A], clock, on_event=events.append)
+    delete = begin(balancer, "DELETE", "/openai/v1/files/file-1")
+    respond(delete, 404, NOT_FOUND)
+    step, delivered = respond(delete, 200, b'{"id": "file-1", "deleted": true}')
+    assert (step.backend, delivered) == (PAYGO_A, True)
+    assert owner(balancer, "file-1") is None, "a deleted object is not remembered"
+    assert not [e for e in events if isinstance(e, OwnerDiscovered)], "nothing was discovered: it is gone"
+    assert balancer.status()[1].discovered == 0
