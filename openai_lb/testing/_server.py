@@ -111,7 +111,7 @@ class FakeAzureOpenAI(StartStop):
       ``retry-after-ms`` / ``retry-after``. Every answer of the deployment carries
       ``x-ratelimit-limit-tokens``, ``x-ratelimit-remaining-tokens``,
       ``x-ratelimit-reset-tokens`` (and the ``-requests`` three with a request limit:
-      requests left in the current second) and ``x-ms-deployment-name``.
+      requests left in the current check) and ``x-ms-deployment-name``.
     - provisioned deployments (``provisioned``, capacity ``tokens_per_minute``): a leaky
       bucket draining continuously; a request is admitted while utilisation is under
       100 % (it may push it over), else 429 with ``retry-after-ms`` until it is under.
@@ -129,10 +129,11 @@ class FakeAzureOpenAI(StartStop):
             tokens_per_minute={"ptu": 6_000, "paygo": 60_000},
             provisioned={"ptu"},
             spillover={"ptu": "paygo"},
-            clock=clock,
         ) as server:
-            client.chat.completions.create(model="ptu", messages=messages, max_tokens=6_000)
-            spilled = client.chat.completions.with_raw_response.create(model="ptu", messages=messages)
+            client = openai.AzureOpenAI(azure_endpoint=server.url, api_key="k", api_version="2024-10-21")
+            hi = [{"role": "user", "content": "hi"}]
+            client.chat.completions.create(model="ptu", messages=hi, max_tokens=6_000)  # takes it past 100 %
+            spilled = client.chat.completions.with_raw_response.create(model="ptu", messages=hi)
             assert spilled.headers["x-ms-spillover-from-deployment"] == "ptu"
             assert server.spilled == 1 and server.utilization("ptu") > 100
 
