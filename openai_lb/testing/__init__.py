@@ -57,6 +57,19 @@ only the host of a URL::
     with FakeAzureGroup([ptu, east]) as group:
         ...  # group.url is http://127.0.0.1:<port>; ptu.url is group.url + "/ptu"
 
+Rate limits like Azure's, per deployment, for testing and benchmarking headroom-aware
+routing: ``tokens_per_minute`` (and ``requests_per_minute``) make a standard deployment a
+token bucket whose answers carry ``x-ratelimit-remaining-tokens`` and the like;
+``provisioned`` makes it a PTU whose answers carry ``azure-openai-deployment-utilization``;
+``context_limits`` answer a too-long prompt with the real 400 ``context_length_exceeded``;
+``spillover`` (or the ``x-ms-spillover-deployment`` request header) is Azure's own spill
+from a full PTU to a standard deployment; ``latency`` delays every answer like a network.
+``server.throttled``, ``server.spilled``, ``server.tokens_used`` and
+``server.utilization("ptu")`` tell a test what happened::
+
+    ptu = FakeAzureOpenAI(name="ptu", tokens_per_minute=60_000, provisioned=True, latency=0.03)
+    paygo = FakeAzureOpenAI(name="paygo", tokens_per_minute=600_000, requests_per_minute=3_600)
+
 For connection-refused tests, `closed_port_url` gives the URL of a port nothing listens on;
 `reset_state` forgets the process-wide cooldowns between tests.
 """

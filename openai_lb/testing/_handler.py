@@ -2,7 +2,8 @@
 
 `Handler` is the standard library's request handler. It reads the request (plain or chunked
 body), hands it to the `Responder` that serves its path, and plays the `Step` it gets back:
-a JSON, empty or event-stream answer, one cut short, a TCP reset, or a wait. It knows no
+a JSON, empty or event-stream answer, one cut short, a TCP reset, or a wait (a scripted
+stall, or the simulated network's latency before any of those). It knows no
 Azure rule; those live in `_rules.py`. Headers the rules return (headroom headers among
 them) are written on top of the defaults here, except the body framing, which is the
 handler's alone.
@@ -24,6 +25,7 @@ from openai_lb.testing._routes import Exchange, Incoming
 from openai_lb.testing._rules import (
     NOT_FOUND,
     Cut,
+    Delayed,
     EventStream,
     JsonBody,
     RawBody,
@@ -160,6 +162,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _play(self, step: Step, member: Responder) -> None:
+        if isinstance(step, Delayed):
+            if self.venue.wait_unless_stopped(step.seconds):
+                self.close_connection = True
+                return
+            step = step.step
         if isinstance(step, Wait):
             if self.venue.wait_unless_stopped(step.seconds):
                 self.close_connection = True
