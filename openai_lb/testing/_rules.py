@@ -4,7 +4,7 @@
 route, JSON body, deployment, the request's fields, budget) and `scripted` turns a scripted
 action into what the handler does instead. Both take a snapshot of the fake's settings
 (`Config`) and, for `decide`, of what it remembers between requests (`State`), and return
-plain values (`Response`, `Cut`, `Reset`, `Wait`): no sockets, threads, locks or clocks here.
+plain values (`Response`, `Cut`, `Reset`, `Wait`, `Hold`): no sockets, threads, locks or clocks here.
 
 Objects that live across requests (stored responses and their ``previous_response_id``
 chains, files, batches, vector stores) are `State.objects`, operated on by the pure
@@ -25,7 +25,7 @@ from typing import Literal, TypeAlias
 
 from openai_lb.testing import _objects as stored
 from openai_lb.testing import _payloads as payloads
-from openai_lb.testing._actions import Action, CutStream, Reply, ResetConnection
+from openai_lb.testing._actions import Action, CutStream, HoldStream, Reply, ResetConnection, Stall
 from openai_lb.testing._objects import Objects
 from openai_lb.testing._routes import Exchange
 
@@ -124,7 +124,15 @@ class Wait:
     exchange: Exchange
 
 
-Step: TypeAlias = Response | Cut | Reset | Wait
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Answer ``exchange`` by the rules, holding an event stream as ``action`` says."""
+
+    action: HoldStream
+    exchange: Exchange
+
+
+Step: TypeAlias = Response | Cut | Reset | Wait | Hold
 """What the handler does with a request it has read."""
 
 
@@ -195,6 +203,7 @@ def scripted(action: Action, exchange: Exchange, config: Config, objects: Object
 
     A normal body is built from ``objects`` (the fake's, or none) but changes nothing: a
     response created by a scripted answer is not held, so no later turn can continue it.
+    `Stall` and `HoldStream` are the exceptions: their request is answered by `decide` later.
     """
     objects = objects if objects is not None else Objects()
     if isinstance(action, Reply):
@@ -203,7 +212,9 @@ def scripted(action: Action, exchange: Exchange, config: Config, objects: Object
         return Reset()
     if isinstance(action, CutStream):
         return Cut(Response(200, body_or_empty(exchange, config, objects, stream=True)), action.after, action.framing)
-    return Wait(action.seconds, exchange)
+    if isinstance(action, Stall):
+        return Wait(action.seconds, exchange)
+    return Hold(action, exchange)
 
 
 def scripted_reply(reply: Reply, exchange: Exchange, config: Config, objects: Objects) -> Response:
