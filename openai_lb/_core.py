@@ -547,11 +547,18 @@ class Call:
         ]
         if wait > balancer.client_wait_limit:
             headers.append(("x-should-retry", "false"))
-        what = f"deployment {self.deployment!r}" if self.deployment else "this request"
-        message = (
-            f"Every backend for {what} is cooling down (openai_lb); the soonest, {soonest_name!r}, "
-            f"recovers in {wait:.3f} s. Please retry after {seconds} seconds."
-        )
+        if self._affinity == "pinned":
+            # The other backends may be idle, but none of them has the objects this request names.
+            message = (
+                f"The backend holding the objects this request names, {soonest_name!r}, is cooling down "
+                f"(openai_lb) and recovers in {wait:.3f} s. Please retry after {seconds} seconds."
+            )
+        else:
+            what = f"deployment {self.deployment!r}" if self.deployment else "this request"
+            message = (
+                f"Every backend for {what} is cooling down (openai_lb); the soonest, {soonest_name!r}, "
+                f"recovers in {wait:.3f} s. Please retry after {seconds} seconds."
+            )
         hooks = balancer.listeners(NOTICE)
         if hooks:
             emit(hooks, AllBackendsCooling(self.deployment, wait, soonest_name, self.attempts))

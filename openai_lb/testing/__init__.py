@@ -4,7 +4,8 @@
 Responses API, files, batches, vector stores and the models list on 127.0.0.1 in
 shapes the real ``openai`` SDK parses. It checks API keys, deployments, an optional
 path prefix and an optional request budget the way Azure does, records every request,
-and plays scripted faults one request at a time. Every answer's assistant text is
+and plays scripted faults one request at a time (`HoldStream` holds an event stream after
+its first events until the test releases it). Every answer's assistant text is
 ``"{name}:{deployment}"``, so a test can tell which server and deployment answered.
 
 Like an Azure resource, each server keeps its own objects, on the Azure paths
@@ -75,7 +76,15 @@ For connection-refused tests, `closed_port_url` gives the URL of a port nothing 
 """
 
 from openai_lb._health import reset_state
-from openai_lb.testing._actions import Action, CutStream, RecordedRequest, Reply, ResetConnection, Stall
+from openai_lb.testing._actions import (
+    Action,
+    CutStream,
+    HoldStream,
+    RecordedRequest,
+    Reply,
+    ResetConnection,
+    Stall,
+)
 from openai_lb.testing._group import FakeAzureGroup
 from openai_lb.testing._listener import closed_port_url
 from openai_lb.testing._objects import ObjectIds
@@ -86,6 +95,7 @@ __all__ = [
     "CutStream",
     "FakeAzureGroup",
     "FakeAzureOpenAI",
+    "HoldStream",
     "ObjectIds",
     "RecordedRequest",
     "Reply",

@@ -5,7 +5,7 @@ route, JSON body, deployment, the request's fields, context window, budget, the
 deployment's rate limits) and `scripted` turns a scripted action into what the handler does
 instead. Both take a snapshot of the fake's settings (`Config`) and, for `decide`, of what it
 remembers between requests (`State`), and return plain values (`Response`, `Cut`, `Reset`,
-`Wait`, `Delayed`): no sockets, threads, locks or clocks here.
+`Wait`, `Hold`, `Delayed`): no sockets, threads, locks or clocks here.
 
 Objects that live across requests (stored responses and their ``previous_response_id``
 chains, files, batches, vector stores) are `State.objects`, operated on by the pure
@@ -29,7 +29,7 @@ from typing import Literal, TypeAlias
 from openai_lb.testing import _meters as meters
 from openai_lb.testing import _objects as stored
 from openai_lb.testing import _payloads as payloads
-from openai_lb.testing._actions import Action, CutStream, Reply, ResetConnection
+from openai_lb.testing._actions import Action, CutStream, HoldStream, Reply, ResetConnection, Stall
 from openai_lb.testing._meters import Cost, Limits, Meter, Window, spend
 from openai_lb.testing._objects import Objects
 from openai_lb.testing._routes import Exchange
@@ -133,7 +133,15 @@ class Wait:
     exchange: Exchange
 
 
-Play: TypeAlias = Response | Cut | Reset | Wait
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Answer ``exchange`` by the rules, holding an event stream as ``action`` says."""
+
+    action: HoldStream
+    exchange: Exchange
+
+
+Play: TypeAlias = Response | Cut | Reset | Wait | Hold
 """What the rules or a scripted action make of a request."""
 
 
@@ -338,6 +346,7 @@ def scripted(action: Action, exchange: Exchange, config: Config, objects: Object
 
     A normal body is built from ``objects`` (the fake's, or none) but changes nothing: a
     response created by a scripted answer is not held, so no later turn can continue it.
+    `Stall` and `HoldStream` are the exceptions: their request is answered by `decide` later.
     """
     objects = objects if objects is not None else Objects()
     if isinstance(action, Reply):
@@ -346,7 +355,9 @@ def scripted(action: Action, exchange: Exchange, config: Config, objects: Object
         return Reset()
     if isinstance(action, CutStream):
         return Cut(Response(200, body_or_empty(exchange, config, objects, stream=True)), action.after, action.framing)
-    return Wait(action.seconds, exchange)
+    if isinstance(action, Stall):
+        return Wait(action.seconds, exchange)
+    return Hold(action, exchange)
 
 
 def scripted_reply(reply: Reply, exchange: Exchange, config: Config, objects: Objects) -> Response:

@@ -71,7 +71,7 @@ class FakeAzureOpenAI(StartStop):
     files, batches, vector stores and the models list in shapes the real ``openai`` SDK
     parses, checks keys, deployments and an optional request budget like Azure does,
     records every request, and plays scripted faults (`Reply`, `ResetConnection`,
-    `CutStream`, `Stall`) one per request. The assistant text of every answer is
+    `CutStream`, `Stall`, `HoldStream`) one per request. The assistant text of every answer is
     ``"{name}:{deployment}"`` so a test can tell which server and deployment answered.
 
     Like an Azure resource, each server keeps its own objects (see `objects`), on the
@@ -376,7 +376,7 @@ class FakeAzureOpenAI(StartStop):
         """Queue actions that the next requests get, one each, in order; later requests are normal."""
         for action in actions:
             if not isinstance(action, ACTION_TYPES):
-                raise TypeError(f"expected Reply, ResetConnection, CutStream or Stall, got {action!r}")
+                raise TypeError(f"expected Reply, ResetConnection, CutStream, Stall or HoldStream, got {action!r}")
         self._desk.queue(actions)
 
     def reset(self) -> None:

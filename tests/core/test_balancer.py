@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openai_lb import Backend, InMemoryHealthStore, Policy
+from openai_lb._affinity import Stateful
 from openai_lb._config import MAX_WEIGHT
 from openai_lb._core import Attempt, Balancer, SyntheticResponse
 
@@ -247,6 +248,17 @@ def test_every_backend_cooling_answers_429_with_the_soonest_recovery(clock: Fake
     error = json.loads(step.body)["error"]
     assert error["code"] == "429"
     assert "paygo-a" in error["message"]
+
+
+def test_a_pinned_request_whose_holder_cools_is_told_so_not_that_every_backend_cools(clock: FakeClock) -> None:
+    balancer = make_balancer([PAYGO_A, PAYGO_B], clock)
+    balancer.store.remember(("resp_1",), PAYGO_B.key, clock() + 60, 10)
+    rate_limit(balancer, PAYGO_B, 2)
+    step = next_answer(balancer.begin("gpt-4o", Stateful(("resp_1",), None, None)))
+    assert headers_of(step)["retry-after-ms"] == "2000"
+    message = json.loads(step.body)["error"]["message"]
+    assert "holding the objects this request names, 'paygo-b'" in message, message
+    assert "Every backend" not in message, "paygo-a is idle: only the holder cools"
 
 
 def test_last_backend_answering_429_within_the_call_gives_the_synthetic_429(clock: FakeClock) -> None:
