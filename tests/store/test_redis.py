@@ -522,6 +522,7 @@ def test_an_owner_expires_in_every_process_and_in_redis_with_its_deadline(redis_
     assert abs(offset) < 0.05, f"the deadline moved by {offset:.3f} s on the way"
     wait_until(lambda: not owner_keys(one), 5, "the key expiring")
     assert now() >= until - 0.05, "the key expired before its owner's deadline"
+    wait_until(lambda: now() >= until, 1, "the deadline")
     assert (one.owner("resp_1", now()), other.owner("resp_1", now())) == (None, None), "an owner outlived its deadline"
     late = redis_store()
     connected(late)
