@@ -628,9 +628,10 @@ class RedisHealthStore(InMemoryHealthStore):
             self._learn(value, announce=announce)
 
     def _learn(self, value: dict[str, Any], *, announce: bool) -> None:
+        """Apply a value of ours: blocks and breakers merge (the later deadline wins); the rest replace."""
         kind = value["kind"]
         if kind in ("clear", "owner", "forget"):
-            # Not idempotent: this process's own, coming back, could undo what it did since.
+            # They replace: this process's own, coming back, could undo what it did since.
             if value["by"] != self._by:
                 self._learn_others(value)
             return
@@ -667,6 +668,7 @@ class RedisHealthStore(InMemoryHealthStore):
             self._emit(BackendCooled(key, key, None, "failure", until - now, None, failures, "fleet"))
 
     def _learn_others(self, value: dict[str, Any]) -> None:
+        """Another process cleared the namespace, forgot an owner or learned one (the latest word wins)."""
         kind = value["kind"]
         if kind == "clear":
             InMemoryHealthStore.clear(self)
