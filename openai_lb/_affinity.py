@@ -23,6 +23,7 @@ __all__ = [
     "Stateful",
     "body_references",
     "created_id",
+    "is_id",
     "names_objects",
     "not_here",
     "route_of",
@@ -77,7 +78,7 @@ _OPAQUE = frozenset({"metadata", "parameters", "schema", "properties"})
 _NOT_FOUND_CODES = frozenset({"previous_response_not_found", "conversation_not_found", "file_not_found"})
 _NOT_FOUND_WORDS = re.compile(r"(?i)\bnot found\b|\bno such\b|\bdoes not exist\b")
 # A JSON object whose first key is "id", with a plain string value (no escapes to undo).
-_LEADING_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*"([^"\\]{1,512})"')
+_LEADING_ID = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"id"[ \t\n\r]*:[ \t\n\r]*"([^"\\]{1,512})"')
 
 
 class Stateful(NamedTuple):
@@ -126,7 +127,7 @@ def stateful(method: str, route: Route, rest: list[str], body_ids: tuple[str, ..
     if rest[0] in route.actions:
         return Stateful(body_ids, learns.get(rest[0]) if method == "POST" else None, None)
     object_id = rest[0]
-    if not _is_id(object_id):
+    if not is_id(object_id):
         return _only(body_ids)
     ids = (object_id, *(other for other in body_ids if other != object_id))
     if len(rest) == 1:
@@ -162,7 +163,7 @@ def body_references(parsed: object) -> tuple[str, ...]:
         else:
             continue
         for candidate in candidates:
-            if isinstance(candidate, str) and _is_id(candidate):
+            if isinstance(candidate, str) and is_id(candidate):
                 found[candidate] = None
     return tuple(found)
 
@@ -183,7 +184,8 @@ def _keyed_values(parsed: object) -> Iterator[tuple[str, object]]:
             stack.extend((value, depth + 1) for value in reversed(node))
 
 
-def _is_id(value: str) -> bool:
+def is_id(value: str) -> bool:
+    """Whether ``value`` can be an object id: printable, 1 to 512 characters, no slash, no surrounding space."""
     return 0 < len(value) <= _MAX_ID and value.isprintable() and "/" not in value and value.strip() == value
 
 
@@ -196,7 +198,7 @@ def created_id(learns: tuple[str, ...], body: bytes | None) -> str | None:
         leading = _LEADING_ID.match(body)
         if leading is not None:
             found = leading.group(1).decode("utf-8", "replace")
-            return found if _is_id(found) else None
+            return found if is_id(found) else None
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
@@ -209,7 +211,7 @@ def _follow(parsed: object, path: tuple[str, ...]) -> str | None:
         if not isinstance(parsed, dict):
             return None
         parsed = parsed.get(key)
-    return parsed if isinstance(parsed, str) and _is_id(parsed) else None
+    return parsed if isinstance(parsed, str) and is_id(parsed) else None
 
 
 def not_here(status: int, body: bytes | None) -> bool:

@@ -551,17 +551,16 @@ class Call:
         backend = attempt.backend
         if stateful.forgets is not None:
             balancer.store.forget(stateful.forgets)
-        learned = [object_id for object_id in self._unknown if object_id != stateful.forgets]
+        found = tuple(object_id for object_id in self._unknown if object_id != stateful.forgets)
         created = None if stateful.learns is None else created_id(stateful.learns, body)
-        if created is not None:
-            learned.append(created)
+        learned = found if created is None else (*found, created)
         if learned:
             balancer.store.remember(learned, backend.key, now + policy.affinity_ttl, policy.affinity_capacity)
-        if self._affinity == "discovery" and self._unknown:
+        if self._affinity == "discovery" and found:
             balancer.stats.discovered(backend.key)
             hooks = balancer.listeners(NOTICE)
             if hooks:
-                emit(hooks, OwnerDiscovered(backend.name, backend.key, self._unknown, attempt.number))
+                emit(hooks, OwnerDiscovered(backend.name, backend.key, found, attempt.number))
 
     def stream_tap(self, attempt: Attempt, status: int) -> Callable[[bytes], bool] | None:
         """For a successful event stream that creates an object: a function the shell feeds each chunk
@@ -704,11 +703,18 @@ class Call:
         ]
         if wait > balancer.client_wait_limit:
             headers.append(("x-should-retry", "false"))
-        what = f"deployment {self.deployment!r}" if self.deployment else "this request"
-        message = (
-            f"Every backend for {what} is cooling down (openai_lb); the soonest, {soonest_name!r}, "
-            f"recovers in {wait:.3f} s. Please retry after {seconds} seconds."
-        )
+        if self._affinity == "pinned":
+            # The other backends may be idle, but none of them has the objects this request names.
+            message = (
+                f"The backend holding the objects this request names, {soonest_name!r}, is cooling down "
+                f"(openai_lb) and recovers in {wait:.3f} s. Please retry after {seconds} seconds."
+            )
+        else:
+            what = f"deployment {self.deployment!r}" if self.deployment else "this request"
+            message = (
+                f"Every backend for {what} is cooling down (openai_lb); the soonest, {soonest_name!r}, "
+                f"recovers in {wait:.3f} s. Please retry after {seconds} seconds."
+            )
         hooks = balancer.listeners(NOTICE)
         if hooks:
             emit(hooks, AllBackendsCooling(self.deployment, wait, soonest_name, self.attempts))

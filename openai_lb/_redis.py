@@ -19,6 +19,13 @@ reconnects reads every block still running, then publishes the ones it learned w
 Redis being slow, down, refusing the credentials or the writes is a degraded mode: the process
 balances on its own state, logs one WARNING and emits ``StoreDisconnected`` / ``StoreReconnected``.
 
+The owners of stateful objects (which backend holds a response, a file, a batch...) travel the same
+way: ``remember`` and ``forget`` apply at once and reach the fleet in the background; ``owner`` reads
+memory. Each owner is a key expiring with it, under a digest of the object id, listed in a sorted set
+by expiry that keeps the newest ``capacity``; a process that connects learns the newest ones. A
+``forget`` made while Redis was unreachable is lost: the next request naming the object goes to its
+former holder, whose "not found" forgets it then.
+
 **Time.** The core's times are readings of this process's monotonic clock, which means nothing to
 another process. Deadlines cross over as wall-clock epoch milliseconds, converted with this store's
 ``clock`` and ``wall_clock`` (give it the ones the balancers using it are given). A host whose wall
@@ -49,6 +56,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ._affinity import is_id
 from ._config import Policy
 from ._errors import ConfigurationError
 from ._events import BackendCooled, Event, EventHook, StoreDisconnected, StoreReconnected, emit, hooks_from
@@ -67,6 +75,10 @@ _GRAIN = 0.001
 """Seconds: deadlines travel in milliseconds, so one that differs by less is the same deadline."""
 _MAX_VALUE = 65_536
 """Bytes; a longer value in the namespace is not one of ours."""
+_MAX_OWNER_TTL = 10 * 366 * 86_400.0
+"""Seconds; an owner's deadline further ahead is cut, sent (Redis refuses expiries past its range) or received."""
+_BATCH = 500
+"""Keys per round trip when reading or writing many."""
 
 # Shared by the scripts: a value of ours, or nil for anything else under the namespace.
 _DECODE = """
@@ -136,6 +148,33 @@ return 1
 )
 
 
+# KEYS[1] the owners' index (member: an owner key's digest, score: its expiry). ARGV: channel, capacity, now ms,
+# owner key prefix, then (digest, expiry ms, value) per owner. Sets, indexes and publishes each; then the
+# index drops the expired and, beyond the capacity, the earliest to expire with their keys, and expires
+# with its last member.
+_OWNERS = """
+local index, prefix = KEYS[1], ARGV[4]
+for i = 5, #ARGV, 3 do
+  redis.call('SET', prefix .. ARGV[i], ARGV[i + 2], 'PXAT', ARGV[i + 1])
+  redis.call('ZADD', index, ARGV[i + 1], ARGV[i])
+  redis.call('PUBLISH', ARGV[1], ARGV[i + 2])
+end
+redis.call('ZREMRANGEBYSCORE', index, '-inf', ARGV[3])
+local excess = redis.call('ZCARD', index) - tonumber(ARGV[2])
+while excess > 0 do
+  local oldest = redis.call('ZRANGE', index, 0, math.min(excess, 1000) - 1)
+  local keys = {}
+  for i, digest in ipairs(oldest) do keys[i] = prefix .. digest end
+  redis.call('DEL', unpack(keys))
+  redis.call('ZREM', index, unpack(oldest))
+  excess = excess - #oldest
+end
+local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIREAT', index, last[2]) end
+return 1
+"""
+
+
 def key_prefix(namespace: str) -> str:
     """What every key (and the channel) of ``namespace`` starts with."""
     return f"{namespace}:v{VERSION}:"
@@ -162,7 +201,8 @@ class RedisHealthStore(InMemoryHealthStore):
     raises ``ConfigurationError``; an unreachable server does not: the store connects in the
     background and works on its own state meanwhile. ``on_event`` hooks receive
     ``StoreDisconnected``, ``StoreReconnected`` and the cooldowns learned from other processes
-    (``BackendCooled`` with ``origin="fleet"``), in a thread of the store.
+    (``BackendCooled`` with ``origin="fleet"``), in a thread of the store. The owners of objects
+    learned from other processes announce nothing.
 
     ``close()`` writes what is still queued (waiting at most ``timeout`` seconds) and stops the
     threads; a store is also a context manager and is closed at interpreter exit. A client never
@@ -182,6 +222,7 @@ class RedisHealthStore(InMemoryHealthStore):
         "_listener",
         "_options",
         "_overflowed",
+        "_owner_index",
         "_prefix",
         "_queue",
         "_scripts",
@@ -230,6 +271,7 @@ class RedisHealthStore(InMemoryHealthStore):
         super().__init__(max_entries=max_entries)
         self.namespace = namespace
         self._prefix = key_prefix(namespace)
+        self._owner_index = f"{self._prefix}owners"
         # Keys live in one database, but pub/sub is server-wide: the channel names the database too, so
         # fleets on redis://h/1 and redis://h/2 stay apart.
         db = self._client.connection_pool.connection_kwargs.get("db", 0)
@@ -258,7 +300,7 @@ class RedisHealthStore(InMemoryHealthStore):
             ) from None
         client = redis.Redis(connection_pool=pool)
         # EVALSHA, loading the script again when the server lost it (a restart).
-        self._scripts = tuple(client.register_script(source) for source in (_TRIP, _BLOCK, _SUCCESS))
+        self._scripts = tuple(client.register_script(source) for source in (_TRIP, _BLOCK, _SUCCESS, _OWNERS))
         return client
 
     def _start(self) -> None:
@@ -319,6 +361,16 @@ class RedisHealthStore(InMemoryHealthStore):
             self._enqueue(("success", key))
         return recovered
 
+    def remember(self, object_ids: Iterable[str], key: str, until: float, capacity: int) -> None:
+        object_ids = tuple(object_ids)
+        InMemoryHealthStore.remember(self, object_ids, key, until, capacity)
+        if object_ids:
+            self._enqueue(("remember", object_ids, key, self._to_wall_ms(until, _MAX_OWNER_TTL), capacity))
+
+    def forget(self, object_id: str) -> None:
+        InMemoryHealthStore.forget(self, object_id)
+        self._enqueue(("forget", object_id))
+
     def clear(self) -> None:
         """Forget everything, here and in the namespace (every process of the fleet forgets it)."""
         InMemoryHealthStore.clear(self)
@@ -326,13 +378,16 @@ class RedisHealthStore(InMemoryHealthStore):
 
     # -- time
 
-    def _to_wall_ms(self, moment: float) -> int:
-        return math.floor((moment - self._clock() + self._wall_clock()) * 1000)
+    def _to_wall_ms(self, moment: float, limit: float = math.inf) -> int:
+        """``moment`` in epoch milliseconds; one later than ``limit`` seconds from now is cut."""
+        return math.floor((min(moment - self._clock(), limit) + self._wall_clock()) * 1000)
 
-    def _from_wall_ms(self, milliseconds: float) -> tuple[float, float]:
-        """(now, the moment) on this process's clock; a moment later than ``max_cooldown`` from now is cut."""
+    def _from_wall_ms(self, milliseconds: float, limit: float | None = None) -> tuple[float, float]:
+        """(now, the moment) on this process's clock; a moment later than ``limit`` seconds
+        (``max_cooldown`` unless given) from now is cut."""
         now = self._clock()
-        return now, now + min(milliseconds / 1000 - self._wall_clock(), self.max_cooldown)
+        ahead = milliseconds / 1000 - self._wall_clock()
+        return now, now + min(ahead, self.max_cooldown if limit is None else limit)
 
     # -- lifecycle
 
@@ -417,6 +472,18 @@ class RedisHealthStore(InMemoryHealthStore):
                 self._apply(state)  # the fleet tripped since: its streak stands
         elif what == "success":
             self._scripts[2]([self._breaker_key(operation[1])], [self._channel, self._by])
+        elif what == "remember":
+            _, object_ids, key, until, capacity = operation
+            self._send_owners([(object_id, key, until) for object_id in object_ids], capacity)
+        elif what == "forget":
+            object_id = operation[1]
+            digest = _digest(object_id)
+            message = json.dumps({"v": VERSION, "kind": "forget", "id": object_id, "by": self._by})
+            with client.pipeline() as pipeline:  # MULTI ... EXEC: one round trip, all or nothing
+                pipeline.delete(self._owner_key(digest))
+                pipeline.zrem(self._owner_index, digest)
+                pipeline.publish(self._channel, message)
+                pipeline.execute()
         else:
             for keys in _batches(client.scan_iter(match=f"{self._prefix}*", count=500), 500):
                 client.unlink(*keys)
@@ -427,13 +494,24 @@ class RedisHealthStore(InMemoryHealthStore):
         value.update({"until": until, "by": self._by})
         self._scripts[1]([self._breaker_key(key)], [self._channel, json.dumps(value), until + self._keep_ms])
 
+    def _send_owners(self, owners: list[tuple[str, str, int]], capacity: int) -> None:
+        """Write (object id, backend key, expiry in epoch ms) of each owner, and publish them."""
+        now = math.floor(self._wall_clock() * 1000)
+        arguments: list[Any] = [self._channel, capacity, now, self._owner_key("")]
+        for object_id, key, until in owners:
+            value = {"v": VERSION, "kind": "owner", "id": object_id, "key": key, "until": until, "by": self._by}
+            arguments += [_digest(object_id), until, json.dumps(value)]
+        self._scripts[3]([self._owner_index], arguments)
+
     def _tripped_wall(self, key: str) -> int:
         tripped = self._tripped_at.get(key)
         return 0 if tripped is None else self._to_wall_ms(tripped)
 
-    def _publish_state(self) -> None:
-        """Publish every block of this memory still running (the fleet keeps the later deadlines)."""
+    def _publish_state(self, known: dict[str, str] | None = None) -> None:
+        """Publish every block of this memory still running (the fleet keeps the later deadlines) and
+        every owner, but those Redis is ``known`` to hold already (object id -> backend key)."""
         now = self._clock()
+        known = known or {}
         with self._lock:
             held = [
                 (key, deployment, block)
@@ -441,14 +519,26 @@ class RedisHealthStore(InMemoryHealthStore):
                 for deployment, block in blocks.items()
                 if block.until > now
             ]
+            owners = [
+                (object_id, key, until)
+                for object_id, (key, until) in self._owners.items()
+                if until > now and known.get(object_id) != key
+            ]
+            capacity = self._owner_capacity
         for key, deployment, block in held:
             self._write(("block", key, deployment, self._to_wall_ms(block.until), block.reason))
+        for batch in _batches(owners, _BATCH):
+            wall = [(object_id, key, self._to_wall_ms(until, _MAX_OWNER_TTL)) for object_id, key, until in batch]
+            self._send_owners(wall, capacity)
 
     def _block_key(self, key: str, deployment: str) -> str:
         return f"{self._prefix}block:{_digest(key, deployment)}"
 
     def _breaker_key(self, key: str) -> str:
         return f"{self._prefix}breaker:{_digest(key, None)}"
+
+    def _owner_key(self, digest: str) -> str:
+        return f"{self._prefix}owner:{digest}"
 
     # -- the listener thread: connection, resync, what the fleet publishes
 
@@ -479,13 +569,35 @@ class RedisHealthStore(InMemoryHealthStore):
                 self._stopping.wait(delay * random.uniform(0.5, 1.0))
 
     def _resync(self) -> None:
-        """Learn every block the fleet holds, then publish the ones this memory holds."""
+        """Learn every block and the newest owners the fleet holds, then publish what this memory
+        holds (but the owners Redis has already)."""
         client = self._client
-        for keys in _batches(client.scan_iter(match=f"{self._prefix}*", count=500), 500):
-            for raw in client.mget(keys):
-                if raw is not None:
-                    self._apply(raw, announce=False)  # thousands of blocks must not become thousands of events
-        self._publish_state()
+        for kind in ("block", "breaker"):
+            for keys in _batches(client.scan_iter(match=f"{self._prefix}{kind}:*", count=_BATCH), _BATCH):
+                for raw in client.mget(keys):
+                    if raw is not None:
+                        self._apply(raw, announce=False)  # thousands of blocks must not become thousands of events
+        self._publish_state(self._learn_owners())
+
+    def _learn_owners(self) -> dict[str, str]:
+        """Learn the owners Redis holds, the newest ``capacity`` ones; returns object id -> backend key of each."""
+        client = self._client
+        now = math.floor(self._wall_clock() * 1000)
+        newest = client.zrevrangebyscore(self._owner_index, "+inf", now, start=0, num=self._owner_capacity)
+        prefix = self._owner_key("").encode()
+        values: list[dict[str, Any]] = []
+        for digests in _batches(newest, _BATCH):
+            for raw in client.mget([prefix + digest for digest in digests]):
+                if raw is None:
+                    continue  # expired since
+                value = _parse(raw)
+                if value is None or value["kind"] != "owner":
+                    self.ignored += 1
+                else:
+                    values.append(value)
+        for value in reversed(values):  # the oldest first, so that the newest are the last forgotten
+            self._learn(value, announce=False)
+        return {value["id"]: value["key"] for value in values}
 
     def _lost(self, error: BaseException) -> None:
         with self._wake:
@@ -512,11 +624,16 @@ class RedisHealthStore(InMemoryHealthStore):
         value = _parse(raw)
         if value is None:
             self.ignored += 1
-            return
+        else:
+            self._learn(value, announce=announce)
+
+    def _learn(self, value: dict[str, Any], *, announce: bool) -> None:
+        """Apply a value of ours: blocks and breakers merge (the later deadline wins); the rest replace."""
         kind = value["kind"]
-        if kind == "clear":
+        if kind in ("clear", "owner", "forget"):
+            # They replace: this process's own, coming back, could undo what it did since.
             if value["by"] != self._by:
-                InMemoryHealthStore.clear(self)
+                self._learn_others(value)
             return
         key = value["key"]
         now, until = self._from_wall_ms(value["until"])
@@ -550,10 +667,22 @@ class RedisHealthStore(InMemoryHealthStore):
         if extended and fleet:
             self._emit(BackendCooled(key, key, None, "failure", until - now, None, failures, "fleet"))
 
+    def _learn_others(self, value: dict[str, Any]) -> None:
+        """Another process cleared the namespace, forgot an owner or learned one (the latest word wins)."""
+        kind = value["kind"]
+        if kind == "clear":
+            InMemoryHealthStore.clear(self)
+        elif kind == "forget":
+            InMemoryHealthStore.forget(self, value["id"])
+        else:
+            now, until = self._from_wall_ms(value["until"], _MAX_OWNER_TTL)
+            if until > now:
+                InMemoryHealthStore.remember(self, (value["id"],), value["key"], until, self._owner_capacity)
 
-def _digest(key: str, deployment: str | None) -> str:
-    """A short fixed-length name for a (backend, deployment): deployment names come from callers."""
-    return hashlib.blake2b(json.dumps([key, deployment]).encode(), digest_size=16).hexdigest()
+
+def _digest(*parts: str | None) -> str:
+    """A short fixed-length name for a (backend, deployment) or an object id: both come from callers."""
+    return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
@@ -584,6 +713,12 @@ def _parse(raw: Any) -> dict[str, Any] | None:
     kind = value.get("kind")
     if kind == "clear":
         return value
+    if kind in ("owner", "forget"):
+        object_id = value.get("id")
+        if not isinstance(object_id, str) or not is_id(object_id):
+            return None
+        if kind == "forget":
+            return value
     key = value.get("key")
     # A backend key is a normalised URL: printable, without spaces (it reaches logs and events).
     if not isinstance(key, str) or not key.isprintable() or " " in key or not _number(value.get("until")):
@@ -595,7 +730,7 @@ def _parse(raw: Any) -> dict[str, Any] | None:
         ok = isinstance(failures, int) and not isinstance(failures, bool) and failures >= 0
         ok = ok and _number(value.get("tripped"))
     else:
-        ok = False
+        ok = kind == "owner"
     return value if ok else None
 
 

@@ -234,7 +234,7 @@ class RequestTemplate:
         if parsed is None:
             try:
                 parsed = json.loads(body.decode())
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
                 return ()
         return body_references(parsed)
 
@@ -248,7 +248,7 @@ class RequestTemplate:
                 # Decoded first: json.loads would also take UTF-16 and UTF-32, which the span scan (and the SDK) never
                 # meet; such a body names no deployment here and is sent as it is.
                 parsed = json.loads(body.decode())
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
                 return None, None
             model = parsed.get("model") if isinstance(parsed, dict) else None
         else:

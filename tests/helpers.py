@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 
-from openai_lb import Backend, Event, InMemoryHealthStore, Policy
-from openai_lb._core import Balancer
+from openai_lb import Backend, EventHook, InMemoryHealthStore, Policy
+from openai_lb._core import Attempt, Balancer, Call, SyntheticResponse
 from openai_lb._stacks import sdk_stack
 
 
@@ -35,23 +35,46 @@ def sdk_http_module() -> ModuleType:
     return module
 
 
-def balancer_on(
+def make_balancer(
     backends: Sequence[Backend],
     clock: FakeClock,
     *,
     policy: Policy | None = None,
+    store: InMemoryHealthStore | None = None,
     rng: random.Random | None = None,
     limit: float = 120.0,
-    on_event: Sequence[Callable[[Event], None]] | None = None,
+    on_event: EventHook | None = None,
 ) -> Balancer:
-    """A balancer on a fake clock with a store (and so headroom readings) of its own."""
+    """A balancer on the fake clock with a store of its own (unless given one) and a seeded rng."""
     return Balancer(
         backends,
         policy=policy,
-        store=InMemoryHealthStore(),
+        store=store if store is not None else InMemoryHealthStore(),
         clock=clock,
         wall_clock=clock.wall,
         rng=rng or random.Random(7),
         client_wait_limit=limit,
         on_event=on_event,
     )
+
+
+def next_attempt(call: Call) -> Attempt:
+    """The call's next step, which must be an attempt."""
+    step = call.next()
+    assert isinstance(step, Attempt), f"expected an attempt, got {step}"
+    return step
+
+
+def next_answer(call: Call) -> SyntheticResponse:
+    """The call's next step, which must be an answer made without sending anything."""
+    step = call.next()
+    assert isinstance(step, SyntheticResponse), f"expected a synthetic answer, got {step}"
+    return step
+
+
+def respond(
+    call: Call, status: int, body: bytes | None = None, headers: Mapping[str, str] | None = None
+) -> tuple[Attempt, bool]:
+    """Send the call's next attempt and answer it: the attempt, and whether the answer goes to the caller."""
+    step = next_attempt(call)
+    return step, call.report(step, status, headers or {}, body)

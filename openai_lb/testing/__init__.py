@@ -4,7 +4,8 @@
 Responses API, files, batches, vector stores and the models list on 127.0.0.1 in
 shapes the real ``openai`` SDK parses. It checks API keys, deployments, an optional
 path prefix and an optional request budget the way Azure does, records every request,
-and plays scripted faults one request at a time. Every answer's assistant text is
+and plays scripted faults one request at a time (`HoldStream` holds an event stream after
+its first events until the test releases it). Every answer's assistant text is
 ``"{name}:{deployment}"``, so a test can tell which server and deployment answered.
 
 Like an Azure resource, each server keeps its own objects, on the Azure paths
@@ -57,12 +58,33 @@ only the host of a URL::
     with FakeAzureGroup([ptu, east]) as group:
         ...  # group.url is http://127.0.0.1:<port>; ptu.url is group.url + "/ptu"
 
+Rate limits like Azure's, per deployment, for testing and benchmarking headroom-aware
+routing: ``tokens_per_minute`` (and ``requests_per_minute``) make a standard deployment a
+token bucket whose answers carry ``x-ratelimit-remaining-tokens`` and the like;
+``provisioned`` makes it a PTU whose answers carry ``azure-openai-deployment-utilization``;
+``context_limits`` answer a too-long prompt with the real 400 ``context_length_exceeded``;
+``spillover`` (or the ``x-ms-spillover-deployment`` request header) is Azure's own spill
+from a full PTU to a standard deployment; ``latency`` delays every answer like a network.
+``server.throttled``, ``server.spilled``, ``server.tokens_used`` and
+``server.utilization("ptu")`` tell a test what happened::
+
+    ptu = FakeAzureOpenAI(name="ptu", tokens_per_minute=60_000, provisioned=True, latency=0.03)
+    paygo = FakeAzureOpenAI(name="paygo", tokens_per_minute=600_000, requests_per_minute=3_600)
+
 For connection-refused tests, `closed_port_url` gives the URL of a port nothing listens on;
 `reset_state` forgets the process-wide cooldowns and headroom readings between tests.
 """
 
 from openai_lb._core import reset_state
-from openai_lb.testing._actions import Action, CutStream, RecordedRequest, Reply, ResetConnection, Stall
+from openai_lb.testing._actions import (
+    Action,
+    CutStream,
+    HoldStream,
+    RecordedRequest,
+    Reply,
+    ResetConnection,
+    Stall,
+)
 from openai_lb.testing._group import FakeAzureGroup
 from openai_lb.testing._listener import closed_port_url
 from openai_lb.testing._objects import ObjectIds
@@ -73,6 +95,7 @@ __all__ = [
     "CutStream",
     "FakeAzureGroup",
     "FakeAzureOpenAI",
+    "HoldStream",
     "ObjectIds",
     "RecordedRequest",
     "Reply",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json as _json
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -79,10 +80,37 @@ class Stall:
             raise ValueError(f"Stall.seconds must be a finite number >= 0, got {self.seconds!r}")
 
 
-Action: TypeAlias = Reply | ResetConnection | CutStream | Stall
+@dataclass(frozen=True, slots=True)
+class HoldStream:
+    """Answer normally (every check, stored objects included), but hold an event stream after ``after`` events.
+
+    The rest follows once the test sets ``release``. Not released within ``timeout`` seconds (or
+    the server stops first), the connection is closed there without the stream's end, as
+    `CutStream` would: a client that held back the first events until the whole stream came
+    fails instead of passing late. Answers that are not event streams are sent whole::
+
+        hold = HoldStream(after=1)
+        server.script(hold)
+        stream = client.responses.create(model="gpt-4o", input="hi", stream=True)
+        first = next(iter(stream))  # response.created, while the server holds the rest
+        hold.release.set()
+    """
+
+    after: int = 1
+    timeout: float = 10.0
+    release: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.after, int) or self.after < 0:
+            raise ValueError(f"HoldStream.after must be an int >= 0, got {self.after!r}")
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
+            raise ValueError(f"HoldStream.timeout must be a finite number > 0, got {self.timeout!r}")
+
+
+Action: TypeAlias = Reply | ResetConnection | CutStream | Stall | HoldStream
 """Anything `FakeAzureOpenAI.script` accepts."""
 
-ACTION_TYPES = (Reply, ResetConnection, CutStream, Stall)
+ACTION_TYPES = (Reply, ResetConnection, CutStream, Stall, HoldStream)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 `Handler` is the standard library's request handler. It reads the request (plain or chunked
 body), hands it to the `Responder` that serves its path, and plays the `Step` it gets back:
-a JSON, empty or event-stream answer, one cut short, a TCP reset, or a wait. It knows no
+a JSON, empty or event-stream answer, one cut short or held, a TCP reset, or a wait (a scripted
+stall, or the simulated network's latency before any of those). It knows no
 Azure rule; those live in `_rules.py`. Headers the rules return (headroom headers among
 them) are written on top of the defaults here, except the body framing, which is the
 handler's alone.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
@@ -20,11 +22,14 @@ from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from openai_lb.testing import _payloads as payloads
+from openai_lb.testing._actions import HoldStream
 from openai_lb.testing._routes import Exchange, Incoming
 from openai_lb.testing._rules import (
     NOT_FOUND,
     Cut,
+    Delayed,
     EventStream,
+    Hold,
     JsonBody,
     RawBody,
     Reset,
@@ -39,6 +44,8 @@ _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
 _JSON_DEFAULTS = {"content-type": "application/json"}
 _STREAM_DEFAULTS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+# How often a held stream looks whether the server is stopping.
+_HOLD_POLL = 0.05
 
 
 class Responder(Protocol):
@@ -160,12 +167,19 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _play(self, step: Step, member: Responder) -> None:
+        if isinstance(step, Delayed):
+            if self.venue.wait_unless_stopped(step.seconds):
+                self.close_connection = True
+                return
+            step = step.step
         if isinstance(step, Wait):
             if self.venue.wait_unless_stopped(step.seconds):
                 self.close_connection = True
                 return
             step = member.respond(step.exchange)
-        if isinstance(step, Reset):
+        if isinstance(step, Hold):
+            self._send(member.respond(step.exchange), hold=step.action)
+        elif isinstance(step, Reset):
             self._reset_connection()
         elif isinstance(step, Cut):
             self._send(step.response, cut=step)
@@ -182,10 +196,10 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- writing answers -------------------------------------------------------------
 
-    def _send(self, response: Response, *, cut: Cut | None = None) -> None:
+    def _send(self, response: Response, *, cut: Cut | None = None, hold: HoldStream | None = None) -> None:
         body = response.body
         if isinstance(body, EventStream):
-            self._send_events(response.status, body, response.headers, cut)
+            self._send_events(response.status, body, response.headers, cut, hold)
         elif isinstance(body, JsonBody):
             data = json.dumps(body.value, separators=(",", ":")).encode()
             self._send_bytes(response.status, data, _JSON_DEFAULTS, response.headers, cut)
@@ -242,7 +256,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data[: len(data) // 2])
         self.close_connection = True
 
-    def _send_events(self, status: int, stream: EventStream, headers: Mapping[str, str], cut: Cut | None) -> None:
+    def _send_events(
+        self, status: int, stream: EventStream, headers: Mapping[str, str], cut: Cut | None, hold: HoldStream | None
+    ) -> None:
         self._start_answer(status, headers, _STREAM_DEFAULTS, success=cut is None)
         chunked = cut is None or cut.framing == "framed"
         if chunked:
@@ -256,6 +272,8 @@ class Handler(BaseHTTPRequestHandler):
         while sent < limit:
             if sent > 0 and self.venue.wait_unless_stopped(stream.delay):
                 break
+            if hold is not None and sent == hold.after and not self._released(hold):
+                break
             event = events[sent]
             # One write per event (one HTTP chunk when chunked), so the client can read it right away.
             self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event) if chunked else event)
@@ -263,8 +281,16 @@ class Handler(BaseHTTPRequestHandler):
         if cut is None and sent == len(events):
             self.wfile.write(b"0\r\n\r\n")
             return
-        # Cut on purpose, or the server is stopping: close without the final zero-length chunk.
+        # Cut on purpose, a hold not released, or the server is stopping: close without the final zero-length chunk.
         self.close_connection = True
+
+    def _released(self, hold: HoldStream) -> bool:
+        """Wait for the test to release ``hold``; False when its timeout passes or the server stops first."""
+        deadline = time.monotonic() + hold.timeout
+        while not hold.release.wait(min(_HOLD_POLL, max(deadline - time.monotonic(), 0.0))):
+            if self.venue.wait_unless_stopped(0) or time.monotonic() >= deadline:
+                return False
+        return True
 
     # -- reading requests ------------------------------------------------------------
 

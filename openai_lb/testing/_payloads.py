@@ -70,8 +70,12 @@ class ObjectError(Exception):
 
 def object_error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> ObjectError:
     """The ``invalid_request_error`` the object APIs answer (``param`` and ``code`` null unless known)."""
-    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
-    return ObjectError(status, {"error": error})
+    return ObjectError(status, invalid_request(message, param=param, code=code))
+
+
+def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> JsonObject:
+    """OpenAI's ``invalid_request_error`` envelope, as Azure passes it on from the model and object APIs."""
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
 
 
 def previous_response_not_found(response_id: str) -> ObjectError:
@@ -113,16 +117,40 @@ def vector_store_not_found(vector_store_id: str) -> ObjectError:
     return object_error(404, f"No vector store found with id '{vector_store_id}'.")
 
 
+def context_length_exceeded(limit: int, prompt: int, completion: int | None) -> JsonObject:
+    """Azure's 400 for a request longer than the deployment's context window.
+
+    ``completion`` is the ``max_tokens`` the body named, if any: a prompt that fits but
+    leaves no room for it is worded as the request, not the messages, being too long.
+    """
+    # Bodies from Azure resources: the prompt alone, https://github.com/assafelovic/gpt-researcher/issues/680
+    # (gpt-4o) and https://github.com/microsoft/kernel-memory/issues/516; with max_tokens,
+    # https://github.com/Azure-Samples/azure-search-openai-demo/issues/1199. The code is
+    # what spillover looks for, https://learn.microsoft.com/azure/foundry/openai/how-to/spillover-traffic-management.
+    if completion is None:
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, your messages resulted in "
+            f"{prompt} tokens. Please reduce the length of the messages."
+        )
+    else:
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the completion). "
+            "Please reduce the length of the messages or completion."
+        )
+    return invalid_request(message, param="messages", code="context_length_exceeded")
+
+
 def error_body(code: str, message: str) -> JsonObject:
     """Build Azure's error envelope ``{"error": {"code": ..., "message": ...}}``."""
     return {"error": {"code": code, "message": message}}
 
 
-def rate_limit_message(operation: str, api_version: str, retry_after: int | None) -> str:
-    """Word a 429 message the way Azure OpenAI does for call rate limits."""
+def rate_limit_message(operation: str, api_version: str, retry_after: int | None, limit: str = "call") -> str:
+    """Word a 429 message the way Azure OpenAI does for call (requests) or token rate limits."""
     message = (
         f"Requests to the {operation} Operation under Azure OpenAI API version {api_version} "
-        "have exceeded call rate limit of your current OpenAI S0 pricing tier."
+        f"have exceeded {limit} rate limit of your current OpenAI S0 pricing tier."
     )
     if retry_after is not None:
         message += f" Please retry after {retry_after} seconds."

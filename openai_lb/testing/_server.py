@@ -11,7 +11,8 @@ How the fake is built, one concern per module:
 
 Objects that live across requests (stored responses, files, batches, vector stores) are
 `_rules.State.objects`, operated on by ``_objects.py``; this class shows their ids
-(`objects`). Headroom headers belong in `_rules.headroom_headers`.
+(`objects`). The deployments' rate limits are ``_meters.py``; their headers are
+`_rules.headroom_headers`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TypeAlias
 
+from openai_lb.testing import _rules as rules
 from openai_lb.testing._actions import ACTION_TYPES, Action, RecordedRequest
 from openai_lb.testing._desk import Desk
 from openai_lb.testing._handler import Responder
@@ -69,7 +71,7 @@ class FakeAzureOpenAI(StartStop):
     files, batches, vector stores and the models list in shapes the real ``openai`` SDK
     parses, checks keys, deployments and an optional request budget like Azure does,
     records every request, and plays scripted faults (`Reply`, `ResetConnection`,
-    `CutStream`, `Stall`) one per request. The assistant text of every answer is
+    `CutStream`, `Stall`, `HoldStream`) one per request. The assistant text of every answer is
     ``"{name}:{deployment}"`` so a test can tell which server and deployment answered.
 
     Like an Azure resource, each server keeps its own objects (see `objects`), on the
@@ -93,8 +95,47 @@ class FakeAzureOpenAI(StartStop):
     A request goes through: path prefix (404 ``"404"``), then the next scripted action
     if any, then key or token (401), route (404 ``"404"``), JSON body (400), deployment
     (404 ``DeploymentNotFound``), the request's fields (400 ``BadRequest``, e.g. a chat
-    completion without ``messages``; the objects they name), budget (429) and finally the
-    normal answer.
+    completion without ``messages``; the objects they name), the deployment's context
+    limit (400 ``context_length_exceeded``), budget (429), the deployment's rate limits
+    (429) and finally the normal answer.
+
+    Rate limits like Azure's, per deployment (each its own meter; see ``_meters.py`` for
+    the pages they follow). A request is charged its prompt (about four characters of its
+    messages or input a token, the ``usage.prompt_tokens`` it is answered) plus its
+    ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens``, else
+    ``default_max_tokens``:
+
+    - standard deployments (``tokens_per_minute``, optionally ``requests_per_minute``): a
+      token bucket refilled continuously; a request whose charge does not fit, or one over
+      the requests let in per second (per 10 s under 60 RPM), is a 429 with
+      ``retry-after-ms`` / ``retry-after``. Every answer of the deployment carries
+      ``x-ratelimit-limit-tokens``, ``x-ratelimit-remaining-tokens``,
+      ``x-ratelimit-reset-tokens`` (and the ``-requests`` three with a request limit:
+      requests left in the current check) and ``x-ms-deployment-name``.
+    - provisioned deployments (``provisioned``, capacity ``tokens_per_minute``): a leaky
+      bucket draining continuously; a request is admitted while utilisation is under
+      100 % (it may push it over), else 429 with ``retry-after-ms`` until it is under.
+      Every answer carries ``azure-openai-deployment-utilization`` (``"87.5%"``) and
+      ``x-ms-deployment-name``. With ``spillover`` (or the request header
+      ``x-ms-spillover-deployment``; the setting wins), a 429 or a 400
+      ``context_length_exceeded`` is served by the standard deployment instead, whose
+      answer adds ``x-ms-spillover-from-deployment``; a failed spill answers the
+      provisioned deployment's refusal with ``x-ms-spillover-error``.
+
+    Example, a provisioned deployment with Azure's spillover::
+
+        with FakeAzureOpenAI(
+            deployments={"ptu", "paygo"},
+            tokens_per_minute={"ptu": 6_000, "paygo": 60_000},
+            provisioned={"ptu"},
+            spillover={"ptu": "paygo"},
+        ) as server:
+            client = openai.AzureOpenAI(azure_endpoint=server.url, api_key="k", api_version="2024-10-21")
+            hi = [{"role": "user", "content": "hi"}]
+            client.chat.completions.create(model="ptu", messages=hi, max_tokens=6_000)  # takes it past 100 %
+            spilled = client.chat.completions.with_raw_response.create(model="ptu", messages=hi)
+            assert spilled.headers["x-ms-spillover-from-deployment"] == "ptu"
+            assert server.spilled == 1 and server.utilization("ptu") > 100
 
     Args:
         name: Told back in the ``x-fake-server`` header and in every assistant text.
@@ -107,7 +148,21 @@ class FakeAzureOpenAI(StartStop):
             first budgeted request after `start` or `reset`.
         stream_chunks: Content events per streamed answer.
         chunk_delay: Seconds between streamed events.
-        clock: Monotonic clock for the budget windows; tests pass a fake one.
+        tokens_per_minute: Each metered deployment's rate in tokens per minute: one int
+            for every deployment (each its own meter), or a mapping naming some. None
+            meters nothing and adds no header.
+        requests_per_minute: Standard deployments' request limit, an int or a mapping
+            naming deployments that have a ``tokens_per_minute``. None leaves requests
+            unlimited (Azure derives 6 RPM per 1000 TPM; pass that to mimic it).
+        provisioned: True makes every metered deployment provisioned (PTU, capacity its
+            ``tokens_per_minute``); a collection of names makes those provisioned.
+        default_max_tokens: What a body naming no maximum answer length is charged for it.
+        context_limits: Deployment -> the most tokens its prompt (plus a ``max_tokens``
+            the body names) may have; longer is a 400 ``context_length_exceeded``.
+        spillover: Provisioned deployment -> the standard deployment, on this server,
+            that serves what it refuses (Azure's ``spilloverDeploymentName``).
+        latency: Seconds every answer waits before it is sent: a network round trip.
+        clock: Monotonic clock for the budget windows and the meters; tests pass a fake one.
 
     The attributes of the same names may be changed while the server runs; each
     request reads them afresh. To serve several servers on one port, told apart by
@@ -126,6 +181,13 @@ class FakeAzureOpenAI(StartStop):
         window: float = 60.0,
         stream_chunks: int = 3,
         chunk_delay: float = 0.0,
+        tokens_per_minute: int | Mapping[str, int] | None = None,
+        requests_per_minute: int | Mapping[str, int] | None = None,
+        provisioned: bool | Iterable[str] = False,
+        default_max_tokens: int = 1024,
+        context_limits: Mapping[str, int] | None = None,
+        spillover: Mapping[str, str] | None = None,
+        latency: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if budget is not None and (not isinstance(budget, int) or budget < 0):
@@ -134,8 +196,11 @@ class FakeAzureOpenAI(StartStop):
             raise ValueError(f"window must be a finite number of seconds > 0, got {window!r}")
         if not isinstance(stream_chunks, int) or stream_chunks < 1:
             raise ValueError(f"stream_chunks must be an int >= 1, got {stream_chunks!r}")
-        if not chunk_delay >= 0 or not math.isfinite(chunk_delay):
-            raise ValueError(f"chunk_delay must be a finite number >= 0, got {chunk_delay!r}")
+        for what, seconds in (("chunk_delay", chunk_delay), ("latency", latency)):
+            if not seconds >= 0 or not math.isfinite(seconds):
+                raise ValueError(f"{what} must be a finite number >= 0, got {seconds!r}")
+        if not _is_count(default_max_tokens, minimum=0):
+            raise ValueError(f"default_max_tokens must be an int >= 0, got {default_max_tokens!r}")
         self.name = name
         self.deployments = _name_set("deployments", deployments)
         self.api_keys = _name_set("api_keys", api_keys)
@@ -145,10 +210,50 @@ class FakeAzureOpenAI(StartStop):
         self.window = float(window)
         self.stream_chunks = stream_chunks
         self.chunk_delay = float(chunk_delay)
+        self.tokens_per_minute = _rates("tokens_per_minute", tokens_per_minute)
+        self.requests_per_minute = _rates("requests_per_minute", requests_per_minute)
+        self.provisioned: bool | frozenset[str] = (
+            provisioned if isinstance(provisioned, bool) else _name_set("provisioned", provisioned) or frozenset()
+        )
+        self.default_max_tokens = default_max_tokens
+        self.context_limits = _counts_by_name("context_limits", context_limits or {})
+        self.spillover = dict(spillover or {})
+        self.latency = float(latency)
+        problem = self._limits_problem()
+        if problem is not None:
+            raise ValueError(problem)
         self._desk = Desk(self._settings, clock)
         # Serializes start(), stop() and joining or leaving a group so that concurrent calls cannot leak a server.
         self._lifecycle = threading.Lock()
         self._serving: Serving = Stopped()
+
+    def _limits_problem(self) -> str | None:
+        """What is inconsistent between the rate-limit settings, or None."""
+        settings = self._settings()
+        metered = set(self.tokens_per_minute) if isinstance(self.tokens_per_minute, dict) else None
+        provisioned = set(self.provisioned) if isinstance(self.provisioned, frozenset) else None
+        if self.provisioned and self.tokens_per_minute is None:
+            return "provisioned deployments need their capacity in tokens_per_minute"
+        if metered is not None and provisioned is not None and not provisioned <= metered:
+            return f"provisioned deployments need their capacity in tokens_per_minute: {sorted(provisioned - metered)}"
+        requests = self.requests_per_minute
+        if requests is not None and (self.tokens_per_minute is None or self.provisioned is True):
+            return "requests_per_minute applies to standard deployments with a tokens_per_minute"
+        for deployment in requests if isinstance(requests, dict) else ():
+            limits = rules.limits_for(settings, deployment)
+            if limits is None or limits.provisioned:
+                return f"requests_per_minute names {deployment!r}, not a standard deployment with a tokens_per_minute"
+        for source, target in self.spillover.items():
+            if not isinstance(source, str) or not isinstance(target, str) or source == target:
+                return f"spillover maps a deployment to another one by name, got {source!r}: {target!r}"
+            source_limits, target_limits = rules.limits_for(settings, source), rules.limits_for(settings, target)
+            if source_limits is None or not source_limits.provisioned:
+                return f"spillover is for provisioned deployments; {source!r} is not one"
+            if target_limits is not None and target_limits.provisioned:
+                return f"spillover goes to a standard deployment; {target!r} is provisioned"
+            if not rules.hosted(settings, target):
+                return f"spillover names {target!r}, which is not among the deployments"
+        return None
 
     def _settings(self) -> Config:
         # Each setting is the attribute of the same name, read afresh for every request.
@@ -225,6 +330,33 @@ class FakeAzureOpenAI(StartStop):
         return self._desk.rejected()
 
     @property
+    def throttled(self) -> int:
+        """How many requests a deployment's rate limit answered with 429 (spilled ones excluded)."""
+        return self._desk.throttled()
+
+    @property
+    def spilled(self) -> int:
+        """How many requests a provisioned deployment refused and its spillover deployment served."""
+        return self._desk.spilled()
+
+    @property
+    def tokens_used(self) -> int:
+        """Tokens charged to the requests answered normally (their prompt plus maximum answer), all deployments."""
+        return self._desk.tokens_used(None)
+
+    def tokens_used_by(self, deployment: str) -> int:
+        """`tokens_used` by one deployment (a spilled request counts for the one that served it)."""
+        return self._desk.tokens_used(deployment)
+
+    def utilization(self, deployment: str) -> float:
+        """Percent of the deployment's tokens per minute in use now, by the fake's clock (0.0 if it has no meter).
+
+        A provisioned deployment refuses requests from 100 up; a standard one's tokens left
+        are the rest. Both drain back to 0 when idle.
+        """
+        return self._desk.utilization(deployment)
+
+    @property
     def objects(self) -> ObjectIds:
         """The ids of the responses, files, batches and vector stores this server holds, by kind.
 
@@ -244,11 +376,11 @@ class FakeAzureOpenAI(StartStop):
         """Queue actions that the next requests get, one each, in order; later requests are normal."""
         for action in actions:
             if not isinstance(action, ACTION_TYPES):
-                raise TypeError(f"expected Reply, ResetConnection, CutStream or Stall, got {action!r}")
+                raise TypeError(f"expected Reply, ResetConnection, CutStream, Stall or HoldStream, got {action!r}")
         self._desk.queue(actions)
 
     def reset(self) -> None:
-        """Forget scripted actions, recorded requests, the budget window, the counters and the stored objects."""
+        """Forget scripted actions, recorded requests, the budget window, meters, counters and stored objects."""
         self._desk.reset()
 
     # -- used by FakeAzureGroup ------------------------------------------------------
@@ -289,3 +421,26 @@ def _name_set(what: str, names: Iterable[str] | None) -> frozenset[str] | None:
     if isinstance(names, str):
         raise TypeError(f"{what} must be a collection of strings, not a single string")
     return frozenset(names)
+
+
+def _is_count(value: object, *, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _rates(what: str, value: int | Mapping[str, int] | None) -> int | dict[str, int] | None:
+    """An int >= 1 for every deployment, or `_counts_by_name`."""
+    if value is None or isinstance(value, Mapping):
+        return None if value is None else _counts_by_name(what, value)
+    if not _is_count(value, minimum=1):
+        raise ValueError(
+            f"{what} must be None, an int >= 1 or a mapping of deployment names to such ints, got {value!r}"
+        )
+    return value
+
+
+def _counts_by_name(what: str, value: Mapping[str, int]) -> dict[str, int]:
+    """A copy of a mapping from deployment names to ints >= 1."""
+    for name, count in value.items():
+        if not isinstance(name, str) or not _is_count(count, minimum=1):
+            raise ValueError(f"{what} maps deployment names to ints >= 1, got {name!r}: {count!r}")
+    return dict(value)

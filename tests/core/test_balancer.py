@@ -7,14 +7,14 @@ import random
 from collections import Counter
 
 import pytest
-from helpers import FakeClock
-from helpers import balancer_on as make
+from helpers import FakeClock, make_balancer, next_answer, next_attempt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openai_lb import Backend, InMemoryHealthStore, Policy
+from openai_lb._affinity import Stateful
 from openai_lb._config import MAX_WEIGHT
-from openai_lb._core import Attempt, Balancer, Call, SyntheticResponse
+from openai_lb._core import Attempt, Balancer, SyntheticResponse
 
 PTU = Backend("https://ptu.example.com", priority=1, name="ptu")
 PAYGO_A = Backend("https://paygo-a.example.com", priority=2, name="paygo-a")
@@ -22,18 +22,6 @@ PAYGO_B = Backend("https://paygo-b.example.com", priority=2, name="paygo-b")
 FAR = Backend("https://far.example.com", priority=3, name="far")
 
 NOT_FOUND = json.dumps({"error": {"code": "DeploymentNotFound", "message": "no"}}).encode()
-
-
-def attempt(call: Call) -> Attempt:
-    step = call.next()
-    assert isinstance(step, Attempt), f"expected an attempt, got {step}"
-    return step
-
-
-def answer(call: Call) -> SyntheticResponse:
-    step = call.next()
-    assert isinstance(step, SyntheticResponse), f"expected a synthetic answer, got {step}"
-    return step
 
 
 def headers_of(step: SyntheticResponse) -> dict[str, str]:
@@ -47,71 +35,71 @@ def rate_limit(balancer: Balancer, backend: Backend, seconds: float, deployment:
 
 
 def test_lowest_priority_number_is_chosen_while_available(clock: FakeClock) -> None:
-    balancer = make([PAYGO_A, FAR, PTU], clock)
+    balancer = make_balancer([PAYGO_A, FAR, PTU], clock)
     for _ in range(20):
-        assert attempt(balancer.begin("gpt-4o")).backend is PTU
+        assert next_attempt(balancer.begin("gpt-4o")).backend is PTU
 
 
 def test_429_fails_over_to_the_next_tier_and_cools_for_the_time_asked(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock)
+    balancer = make_balancer([PTU, PAYGO_A], clock)
     call = balancer.begin("gpt-4o")
-    first = attempt(call)
+    first = next_attempt(call)
     assert call.report(first, 429, {"retry-after-ms": "2500"}, None) is False
-    assert attempt(call).backend is PAYGO_A
+    assert next_attempt(call).backend is PAYGO_A
     clock.advance(2.499)
-    assert attempt(balancer.begin("gpt-4o")).backend is PAYGO_A, "PTU still cooling"
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PAYGO_A, "PTU still cooling"
     clock.advance(0.001)
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU, "PTU back the moment its Retry-After passed"
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU, "PTU back the moment its Retry-After passed"
 
 
 def test_429_without_usable_headers_cools_for_the_default(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock, policy=Policy(default_cooldown=7))
+    balancer = make_balancer([PTU, PAYGO_A], clock, policy=Policy(default_cooldown=7))
     call = balancer.begin("gpt-4o")
-    call.report(attempt(call), 429, {"retry-after": "soon"}, None)
+    call.report(next_attempt(call), 429, {"retry-after": "soon"}, None)
     clock.advance(6.9)
-    assert attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
     clock.advance(0.1)
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU
 
 
 def test_429_cooldown_is_capped(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock, policy=Policy(max_cooldown=30))
+    balancer = make_balancer([PTU, PAYGO_A], clock, policy=Policy(max_cooldown=30))
     call = balancer.begin("gpt-4o")
-    call.report(attempt(call), 429, {"retry-after": "86400"}, None)
+    call.report(next_attempt(call), 429, {"retry-after": "86400"}, None)
     clock.advance(30)
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU, "a day-long Retry-After is probed after the cap"
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU, "a day-long Retry-After is probed after the cap"
 
 
 def test_http_date_retry_after_uses_the_wall_clock(clock: FakeClock) -> None:
     from email.utils import formatdate
 
-    balancer = make([PTU, PAYGO_A], clock)
+    balancer = make_balancer([PTU, PAYGO_A], clock)
     call = balancer.begin("gpt-4o")
-    call.report(attempt(call), 429, {"retry-after": formatdate(clock.wall_now + 4, usegmt=True)}, None)
+    call.report(next_attempt(call), 429, {"retry-after": formatdate(clock.wall_now + 4, usegmt=True)}, None)
     clock.advance(3.9)
-    assert attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
     clock.advance(0.2)
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU
 
 
 def test_429_cools_only_that_deployment_of_the_backend(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock)
+    balancer = make_balancer([PTU, PAYGO_A], clock)
     rate_limit(balancer, PTU, 10, deployment="gpt-4o")
-    assert attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
-    assert attempt(balancer.begin("gpt-4o-mini")).backend is PTU, "other deployments on the PTU stay in use"
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
+    assert next_attempt(balancer.begin("gpt-4o-mini")).backend is PTU, "other deployments on the PTU stay in use"
 
 
 def test_deployment_mapping_names_the_backend_deployment_and_keys_its_cooldown(clock: FakeClock) -> None:
     mapped = Backend("https://m.example.com", priority=1, deployments={"gpt-4o": "gpt-4o-global"}, name="m")
-    balancer = make([mapped, PAYGO_A], clock)
-    step = attempt(balancer.begin("gpt-4o"))
+    balancer = make_balancer([mapped, PAYGO_A], clock)
+    step = next_attempt(balancer.begin("gpt-4o"))
     assert step.deployment == "gpt-4o-global"
     rate_limit(balancer, mapped, 5, deployment="gpt-4o")
-    assert attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
 
 
 def test_each_backend_is_tried_at_most_once_per_call(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A, PAYGO_B, FAR], clock)
+    balancer = make_balancer([PTU, PAYGO_A, PAYGO_B, FAR], clock)
     call = balancer.begin("gpt-4o")
     seen = []
     while isinstance(step := call.next(), Attempt):
@@ -126,8 +114,8 @@ def test_each_backend_is_tried_at_most_once_per_call(clock: FakeClock) -> None:
 def test_weights_share_traffic_inside_a_tier() -> None:
     heavy = Backend("https://heavy.example.com", priority=2, weight=3, name="heavy")
     light = Backend("https://light.example.com", priority=2, weight=1, name="light")
-    balancer = make([heavy, light], FakeClock(), rng=random.Random(99))
-    picks = Counter(attempt(balancer.begin("gpt-4o")).backend.name for _ in range(20_000))
+    balancer = make_balancer([heavy, light], FakeClock(), rng=random.Random(99))
+    picks = Counter(next_attempt(balancer.begin("gpt-4o")).backend.name for _ in range(20_000))
     share = picks["heavy"] / 20_000
     # Binomial(20000, 0.75): the standard deviation is about 0.003; 0.02 is over six of them.
     assert abs(share - 0.75) < 0.02, f"heavy should get ~75% of traffic, got {share:.3f}"
@@ -136,106 +124,106 @@ def test_weights_share_traffic_inside_a_tier() -> None:
 def test_the_largest_weights_allowed_still_share_traffic() -> None:
     a = Backend("https://a.example.com", weight=MAX_WEIGHT, name="a")
     b = Backend("https://b.example.com", weight=MAX_WEIGHT, name="b")
-    balancer = make([a, b], FakeClock(), rng=random.Random(5))
-    picks = Counter(attempt(balancer.begin("gpt-4o")).backend.name for _ in range(4000))
+    balancer = make_balancer([a, b], FakeClock(), rng=random.Random(5))
+    picks = Counter(next_attempt(balancer.begin("gpt-4o")).backend.name for _ in range(4000))
     assert abs(picks["a"] / 4000 - 0.5) < 0.04, f"equal huge weights must split evenly, got {picks}"
 
 
 def test_equal_weights_use_every_backend_of_the_tier() -> None:
-    balancer = make([PAYGO_A, PAYGO_B, FAR], FakeClock(), rng=random.Random(3))
-    picks = Counter(attempt(balancer.begin("gpt-4o")).backend.name for _ in range(4000))
+    balancer = make_balancer([PAYGO_A, PAYGO_B, FAR], FakeClock(), rng=random.Random(3))
+    picks = Counter(next_attempt(balancer.begin("gpt-4o")).backend.name for _ in range(4000))
     assert set(picks) == {"paygo-a", "paygo-b"}
     assert abs(picks["paygo-a"] / 4000 - 0.5) < 0.04
 
 
 def test_5xx_opens_the_circuit_for_the_whole_backend_doubling_to_a_cap(clock: FakeClock) -> None:
     policy = Policy(breaker_base=5, breaker_max=12)
-    balancer = make([PTU, PAYGO_A], clock, policy=policy)
+    balancer = make_balancer([PTU, PAYGO_A], clock, policy=policy)
     expected = [5, 10, 12, 12]
     for seconds in expected:
         call = balancer.begin("gpt-4o")
-        step = attempt(call)
+        step = next_attempt(call)
         assert step.backend is PTU
         call.report(step, 500, {}, None)
-        assert attempt(balancer.begin("other-deployment")).backend is PAYGO_A, "the whole backend cools"
+        assert next_attempt(balancer.begin("other-deployment")).backend is PAYGO_A, "the whole backend cools"
         clock.advance(seconds - 0.01)
-        assert attempt(balancer.begin("gpt-4o")).backend is PAYGO_A, f"still open before {seconds}s"
+        assert next_attempt(balancer.begin("gpt-4o")).backend is PAYGO_A, f"still open before {seconds}s"
         clock.advance(0.01)
 
 
 def test_success_resets_the_circuit_breaker(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5, breaker_max=100))
+    balancer = make_balancer([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5, breaker_max=100))
     for _ in range(3):
         call = balancer.begin("gpt-4o")
-        call.report(attempt(call), 502, {}, None)
+        call.report(next_attempt(call), 502, {}, None)
         clock.advance(100)
     call = balancer.begin("gpt-4o")
-    assert call.report(attempt(call), 200, {}, None) is True
+    assert call.report(next_attempt(call), 200, {}, None) is True
     call = balancer.begin("gpt-4o")
-    call.report(attempt(call), 502, {}, None)
+    call.report(next_attempt(call), 502, {}, None)
     clock.advance(5)
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU, "after a success the next failure cools for the base"
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU, "after a success the next failure cools for the base"
 
 
 def test_transport_errors_trip_the_breaker_like_5xx(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock)
+    balancer = make_balancer([PTU, PAYGO_A], clock)
     call = balancer.begin("gpt-4o")
-    call.report_error(attempt(call), ConnectionResetError())
-    assert attempt(call).backend is PAYGO_A
+    call.report_error(next_attempt(call), ConnectionResetError())
+    assert next_attempt(call).backend is PAYGO_A
     clock.advance(4.99)
-    assert attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
 
 
 def test_429s_do_not_count_toward_the_breaker(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5))
+    balancer = make_balancer([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5))
     for _ in range(5):
         rate_limit(balancer, PTU, 1)
         clock.advance(1)
     call = balancer.begin("gpt-4o")
-    call.report(attempt(call), 500, {}, None)
+    call.report(next_attempt(call), 500, {}, None)
     clock.advance(5)
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU, "first failure: base cooldown, not doubled"
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU, "first failure: base cooldown, not doubled"
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 409, 422])
 def test_other_4xx_go_back_to_the_caller_without_failover(clock: FakeClock, status: int) -> None:
-    balancer = make([PTU, PAYGO_A], clock)
+    balancer = make_balancer([PTU, PAYGO_A], clock)
     call = balancer.begin("gpt-4o")
-    assert call.report(attempt(call), status, {}, None) is True
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU
+    assert call.report(next_attempt(call), status, {}, None) is True
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU
 
 
 def test_failover_statuses_are_configurable(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock, policy=Policy(failover_statuses=frozenset({500})))
+    balancer = make_balancer([PTU, PAYGO_A], clock, policy=Policy(failover_statuses=frozenset({500})))
     call = balancer.begin("gpt-4o")
-    assert call.report(attempt(call), 503, {}, None) is True, "503 left out of the policy is delivered"
+    assert call.report(next_attempt(call), 503, {}, None) is True, "503 left out of the policy is delivered"
     call = balancer.begin("gpt-4o")
-    assert call.report(attempt(call), 500, {}, None) is False
+    assert call.report(next_attempt(call), 500, {}, None) is False
 
 
 def test_plain_404_is_delivered_but_deployment_not_found_fails_over(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock)
+    balancer = make_balancer([PTU, PAYGO_A], clock)
     call = balancer.begin("gpt-4o")
     assert call.needs_body(404)
-    assert call.report(attempt(call), 404, {}, b'{"error": {"code": "404"}}') is True
+    assert call.report(next_attempt(call), 404, {}, b'{"error": {"code": "404"}}') is True
     call = balancer.begin("gpt-4o")
-    assert call.report(attempt(call), 404, {}, NOT_FOUND) is False
-    assert attempt(call).backend is PAYGO_A
+    assert call.report(next_attempt(call), 404, {}, NOT_FOUND) is False
+    assert next_attempt(call).backend is PAYGO_A
 
 
 def test_missing_deployment_is_skipped_for_the_cooldown_cap(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock, policy=Policy(max_cooldown=60))
+    balancer = make_balancer([PTU, PAYGO_A], clock, policy=Policy(max_cooldown=60))
     call = balancer.begin("gpt-4o")
-    call.report(attempt(call), 404, {}, NOT_FOUND)
+    call.report(next_attempt(call), 404, {}, NOT_FOUND)
     clock.advance(59.9)
-    assert attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
-    assert attempt(balancer.begin("gpt-4o-mini")).backend is PTU
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PAYGO_A
+    assert next_attempt(balancer.begin("gpt-4o-mini")).backend is PTU
     clock.advance(0.1)
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU, "probed again after the cap"
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU, "probed again after the cap"
 
 
 def test_a_deployment_no_backend_has_answers_404_every_time_never_429(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock)
+    balancer = make_balancer([PTU, PAYGO_A], clock)
     for _ in range(3):
         call = balancer.begin("nope")
         while isinstance(step := call.next(), Attempt):
@@ -247,11 +235,11 @@ def test_a_deployment_no_backend_has_answers_404_every_time_never_429(clock: Fak
 
 
 def test_every_backend_cooling_answers_429_with_the_soonest_recovery(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A, PAYGO_B], clock)
+    balancer = make_balancer([PTU, PAYGO_A, PAYGO_B], clock)
     rate_limit(balancer, PTU, 30)
     rate_limit(balancer, PAYGO_A, 2.5)
     rate_limit(balancer, PAYGO_B, 9)
-    step = answer(balancer.begin("gpt-4o"))
+    step = next_answer(balancer.begin("gpt-4o"))
     assert step.status == 429
     headers = headers_of(step)
     assert headers["retry-after-ms"] == "2500"
@@ -262,48 +250,59 @@ def test_every_backend_cooling_answers_429_with_the_soonest_recovery(clock: Fake
     assert "paygo-a" in error["message"]
 
 
+def test_a_pinned_request_whose_holder_cools_is_told_so_not_that_every_backend_cools(clock: FakeClock) -> None:
+    balancer = make_balancer([PAYGO_A, PAYGO_B], clock)
+    balancer.store.remember(("resp_1",), PAYGO_B.key, clock() + 60, 10)
+    rate_limit(balancer, PAYGO_B, 2)
+    step = next_answer(balancer.begin("gpt-4o", Stateful(("resp_1",), None, None)))
+    assert headers_of(step)["retry-after-ms"] == "2000"
+    message = json.loads(step.body)["error"]["message"]
+    assert "holding the objects this request names, 'paygo-b'" in message, message
+    assert "Every backend" not in message, "paygo-a is idle: only the holder cools"
+
+
 def test_last_backend_answering_429_within_the_call_gives_the_synthetic_429(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock)
+    balancer = make_balancer([PTU, PAYGO_A], clock)
     call = balancer.begin("gpt-4o")
-    call.report(attempt(call), 429, {"retry-after-ms": "4000"}, None)
-    call.report(attempt(call), 429, {"retry-after-ms": "1200"}, None)
-    assert headers_of(answer(call))["retry-after-ms"] == "1200"
+    call.report(next_attempt(call), 429, {"retry-after-ms": "4000"}, None)
+    call.report(next_attempt(call), 429, {"retry-after-ms": "1200"}, None)
+    assert headers_of(next_answer(call))["retry-after-ms"] == "1200"
 
 
 def test_last_backend_failing_with_5xx_gives_the_synthetic_429(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5))
+    balancer = make_balancer([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5))
     call = balancer.begin("gpt-4o")
-    call.report(attempt(call), 429, {"retry-after-ms": "9000"}, None)
-    call.report_error(attempt(call), TimeoutError())
-    assert headers_of(answer(call))["retry-after-ms"] == "5000"
+    call.report(next_attempt(call), 429, {"retry-after-ms": "9000"}, None)
+    call.report_error(next_attempt(call), TimeoutError())
+    assert headers_of(next_answer(call))["retry-after-ms"] == "5000"
 
 
 def test_waits_beyond_what_the_sdk_honours_say_do_not_retry(clock: FakeClock) -> None:
-    balancer = make([PTU], clock, limit=60)
+    balancer = make_balancer([PTU], clock, limit=60)
     rate_limit(balancer, PTU, 61)
-    headers = headers_of(answer(balancer.begin("gpt-4o")))
+    headers = headers_of(next_answer(balancer.begin("gpt-4o")))
     assert headers["x-should-retry"] == "false"
     assert headers["retry-after"] == "61"
 
 
 def test_missing_deployments_do_not_count_as_soonest_recovery(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock)
+    balancer = make_balancer([PTU, PAYGO_A], clock)
     call = balancer.begin("gpt-4o")
-    call.report(attempt(call), 404, {}, NOT_FOUND)
-    call.report(attempt(call), 429, {"retry-after-ms": "3000"}, None)
-    step = answer(call)
+    call.report(next_attempt(call), 404, {}, NOT_FOUND)
+    call.report(next_attempt(call), 429, {"retry-after-ms": "3000"}, None)
+    step = next_answer(call)
     assert step.status == 429
     assert headers_of(step)["retry-after-ms"] == "3000"
 
 
 def test_requests_without_a_deployment_cool_apart_from_every_deployment(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock)
+    balancer = make_balancer([PTU, PAYGO_A], clock)
     call = balancer.begin(None)
-    step = attempt(call)
+    step = next_attempt(call)
     assert step.deployment is None
     call.report(step, 429, {"retry-after": "5"}, None)
-    assert attempt(balancer.begin(None)).backend is PAYGO_A
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU
+    assert next_attempt(balancer.begin(None)).backend is PAYGO_A
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU
 
 
 def test_health_is_shared_by_balancers_over_the_same_store(clock: FakeClock) -> None:
@@ -311,7 +310,7 @@ def test_health_is_shared_by_balancers_over_the_same_store(clock: FakeClock) -> 
     first = Balancer([PTU, PAYGO_A], store=store, clock=clock)
     second = Balancer([Backend("HTTPS://ptu.example.com/", priority=1), PAYGO_A], store=store, clock=clock)
     rate_limit(first, PTU, 10)
-    assert attempt(second.begin("gpt-4o")).backend is PAYGO_A, "same URL after normalisation, same health"
+    assert next_attempt(second.begin("gpt-4o")).backend is PAYGO_A, "same URL after normalisation, same health"
 
 
 outcomes = st.sampled_from(["ok", "429", "500", "error", "missing", "400"])
@@ -328,7 +327,7 @@ def test_a_call_never_loops_and_ends_in_a_delivery_or_an_answer(
 ) -> None:
     clock = FakeClock()
     backends = [Backend(f"https://b{i}.example.com", priority=p) for i, p in enumerate(priorities)]
-    balancer = make(backends, clock)
+    balancer = make_balancer(backends, clock)
     feed = iter(script)
     for _ in range(3):
         call = balancer.begin("gpt-4o")
@@ -355,30 +354,30 @@ def test_a_call_never_loops_and_ends_in_a_delivery_or_an_answer(
 
 
 def test_requests_in_flight_when_a_backend_fails_count_as_one_failure(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5, breaker_max=120))
+    balancer = make_balancer([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5, breaker_max=120))
     calls = [balancer.begin("gpt-4o") for _ in range(16)]
-    attempts = [attempt(call) for call in calls]
+    attempts = [next_attempt(call) for call in calls]
     for call, step in zip(calls, attempts, strict=True):
         call.report(step, 503, {}, None)
     clock.advance(5)
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU, "one blip cools for the base time, not the cap"
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU, "one blip cools for the base time, not the cap"
 
 
 def test_attempts_sent_before_a_trip_do_not_extend_it_even_after_the_block_ends(clock: FakeClock) -> None:
-    balancer = make([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5, breaker_max=120))
+    balancer = make_balancer([PTU, PAYGO_A], clock, policy=Policy(breaker_base=5, breaker_max=120))
     slow = [balancer.begin("gpt-4o") for _ in range(3)]
-    sent = [attempt(call) for call in slow]
+    sent = [next_attempt(call) for call in slow]
     slow[0].report_error(sent[0], TimeoutError())
     clock.advance(30)  # the others time out long after the 5 s block has ended
     for call, step in zip(slow[1:], sent[1:], strict=True):
         call.report_error(step, TimeoutError())
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU, "the stragglers of one outage do not trip it again"
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU, "the stragglers of one outage do not trip it again"
     call = balancer.begin("gpt-4o")
-    call.report_error(attempt(call), TimeoutError())
+    call.report_error(next_attempt(call), TimeoutError())
     clock.advance(9.99)
-    assert attempt(balancer.begin("gpt-4o")).backend is PAYGO_A, "a new failure is the second step: 10 s"
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PAYGO_A, "a new failure is the second step: 10 s"
     clock.advance(0.01)
-    assert attempt(balancer.begin("gpt-4o")).backend is PTU
+    assert next_attempt(balancer.begin("gpt-4o")).backend is PTU
 
 
 def test_concurrent_failures_of_one_outage_trip_the_breaker_once() -> None:
@@ -389,7 +388,7 @@ def test_concurrent_failures_of_one_outage_trip_the_breaker_once() -> None:
     clock = FakeClock()
     balancer = Balancer([PTU, PAYGO_A], store=store, clock=clock, policy=Policy(breaker_base=5))
     calls = [balancer.begin("gpt-4o") for _ in range(32)]
-    sent = [attempt(call) for call in calls]
+    sent = [next_attempt(call) for call in calls]
     barrier = threading.Barrier(32)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)

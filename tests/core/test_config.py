@@ -224,3 +224,40 @@ def test_a_spillover_deployment_must_be_a_name_a_header_can_carry(name: object) 
 def test_the_spillover_deployment_shows_in_the_repr() -> None:
     backend = Backend("https://ptu.example.com", spillover_deployment="gpt-4o-standard")
     assert "spillover_deployment='gpt-4o-standard'" in repr(backend)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"affinity": 1}, "affinity"),
+        ({"affinity": "yes"}, "affinity"),
+        ({"affinity": None}, "affinity"),
+        ({"context_failover": 0}, "context_failover"),
+        ({"context_failover": "false"}, "context_failover"),
+        ({"affinity_capacity": 0}, "affinity_capacity"),
+        ({"affinity_capacity": -5}, "affinity_capacity"),
+        ({"affinity_capacity": 1.5}, "affinity_capacity"),
+        ({"affinity_capacity": True}, "affinity_capacity"),
+        ({"affinity_capacity": "100"}, "affinity_capacity"),
+        ({"affinity_ttl": 0}, "affinity_ttl"),
+        ({"affinity_ttl": -1}, "affinity_ttl"),
+        ({"affinity_ttl": float("inf")}, "affinity_ttl"),
+        ({"affinity_ttl": float("nan")}, "affinity_ttl"),
+        ({"affinity_ttl": True}, "affinity_ttl"),
+        ({"affinity_ttl": "60"}, "affinity_ttl"),
+    ],
+    ids=repr,
+)
+def test_invalid_affinity_settings_are_rejected_naming_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^Policy\.{field} must"):
+        Policy(**kwargs)
+
+
+def test_affinity_settings_take_their_smallest_values() -> None:
+    policy = Policy(affinity=False, affinity_capacity=1, affinity_ttl=1, context_failover=False)
+    assert (policy.affinity, policy.affinity_capacity, policy.affinity_ttl, policy.context_failover) == (
+        False,
+        1,
+        1,
+        False,
+    )

@@ -68,3 +68,8 @@ def test_only_streams_with_a_known_terminal_event_are_judged() -> None:
     assert has_terminal_event("/team/openai/v1/responses")
     assert not has_terminal_event("/openai/deployments/dall-e/images/generations")
     assert not has_terminal_event("/openai/v1/audio/speech")
+
+
+def test_a_json_answer_nested_deeper_than_the_parser_goes_counts_as_complete() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert json_complete(deep), "a complete answer must be delivered, not raise RecursionError out of the transport"

@@ -12,7 +12,7 @@ import types
 from collections.abc import Callable
 
 import pytest
-from helpers import FakeClock, balancer_on
+from helpers import FakeClock, make_balancer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,7 +76,7 @@ def make(
     policy: Policy | None = None,
     hooks: list[Callable[[Event], None]] | None = None,
 ) -> Balancer:
-    return balancer_on(backends, clock, policy=policy, on_event=hooks)
+    return make_balancer(backends, clock, policy=policy, on_event=hooks[0] if hooks else None)
 
 
 def begin(balancer: Balancer, body: bytes = BODY) -> Call:

@@ -1,14 +1,15 @@
-"""InMemoryHealthStore: what a success forgets, and that its bookkeeping never drifts."""
+"""InMemoryHealthStore: what a success forgets, that its bookkeeping never drifts, and the owners of objects."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 
+from helpers import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openai_lb import Backend, InMemoryHealthStore, Reason
+from openai_lb import Backend, InMemoryHealthStore, Policy, Reason
 from openai_lb._core import Balancer
 
 KEY = "https://ptu.example.com"
@@ -330,3 +331,65 @@ def test_many_threads_writing_distinct_names_and_reading_leave_a_consistent_boun
         != (step + 20.0, "rate_limited")
     ]
     assert not lost, f"running blocks lost: {lost[:5]}"
+
+
+# -- the owners of stateful objects
+
+OTHER = "https://paygo.example.com"
+
+
+def test_owners_beyond_the_capacity_go_least_recently_used_first() -> None:
+    store = InMemoryHealthStore()
+    store.remember(["a", "b", "c"], KEY, 100.0, 3)
+    assert store.owner("a", 0.0) == KEY, "a read is a use: 'a' is now the most recent"
+    store.remember(["d"], OTHER, 100.0, 3)
+    assert store.owners == 3
+    assert store.owner("b", 0.0) is None, "the least recently used went first"
+    assert [store.owner(object_id, 0.0) for object_id in "acd"] == [KEY, KEY, OTHER]
+
+
+def test_a_smaller_capacity_shrinks_what_is_kept() -> None:
+    store = InMemoryHealthStore()
+    store.remember([f"id-{i}" for i in range(10)], KEY, 100.0, 10)
+    store.remember(["new"], KEY, 100.0, 4)
+    assert store.owners == 4
+    assert [store.owner(object_id, 0.0) for object_id in ("id-7", "id-8", "id-9", "new")] == [KEY] * 4
+    assert store.owner("id-6", 0.0) is None
+
+
+def test_an_owner_is_forgotten_once_its_time_is_up(clock: FakeClock) -> None:
+    store = InMemoryHealthStore()
+    store.remember(["a"], KEY, clock.now + 60, 10)
+    clock.advance(59.999)
+    assert store.owner("a", clock.now) == KEY
+    clock.advance(0.001)
+    assert store.owner("a", clock.now) is None, "expired at its time"
+    assert store.owners == 0, "an expired owner is dropped when read"
+
+
+def test_remembering_again_moves_the_object_and_renews_its_time() -> None:
+    store = InMemoryHealthStore()
+    store.remember(["a"], KEY, 10.0, 10)
+    store.remember(["a"], OTHER, 20.0, 10)
+    assert store.owner("a", 15.0) == OTHER
+    assert store.owners == 1
+
+
+def test_many_objects_keep_the_owners_at_the_capacity() -> None:
+    store = InMemoryHealthStore()
+    capacity = Policy().affinity_capacity
+    for i in range(200_000):
+        store.remember((f"resp_{i}",), KEY, 1e9, capacity)
+    assert store.owners == capacity, "bounded however many objects pass"
+    assert store.owner("resp_0", 0.0) is None
+    assert store.owner("resp_199999", 0.0) == KEY
+
+
+def test_forget_and_clear_drop_owners() -> None:
+    store = InMemoryHealthStore()
+    store.remember(["a", "b"], KEY, 100.0, 10)
+    store.forget("a")
+    store.forget("never-seen")
+    assert (store.owner("a", 0.0), store.owner("b", 0.0)) == (None, KEY)
+    store.clear()
+    assert store.owners == 0, "clear() forgets owners too"

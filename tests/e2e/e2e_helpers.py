@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, TypeVar
+
+from openai_lb import Balancer, Event
+
+E = TypeVar("E", bound=Event)
 
 
 def chat(client: Any, model: str = "gpt-4o") -> Any:
@@ -25,7 +30,27 @@ def assert_stream_cut(error: BaseException) -> None:
     raise AssertionError(f"expected an incomplete-body error, got {error!r}")
 
 
+def balancer_of(client: Any) -> Balancer:
+    """The balancer under ``client`` (also for an SDK client over our transport)."""
+    balancer: Balancer = client._client._transport.balancer
+    return balancer
+
+
 def statuses(client: Any) -> dict[str, Any]:
     """``status()`` of the balancer under ``client`` by backend name (also for an SDK client over our transport)."""
-    balancer = client._client._transport.balancer
-    return {status.name: status for status in balancer.status()}
+    return {status.name: status for status in balancer_of(client).status()}
+
+
+class Recorder:
+    """A thread-safe hook keeping every event."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]

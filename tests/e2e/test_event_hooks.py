@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from e2e_helpers import content
+from e2e_helpers import Recorder, content
 
 import openai_lb
 from openai_lb import (
@@ -25,21 +24,6 @@ from openai_lb import (
 from openai_lb.testing import Reply, Stall, closed_port_url
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-class Recorder:
-    """A thread-safe hook keeping every event."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, event: Event) -> None:
-        with self._lock:
-            self.events.append(event)
-
-    def of(self, kind: type) -> list[Event]:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 def test_a_429_failover_and_a_refused_backend_reach_the_hook_as_typed_events(servers, balanced) -> None:

@@ -2,7 +2,8 @@
 
 The test process starts the workers with the ``spawn`` context (`Fleet`), hands each the same `Job`,
 and starts them together once every one has built its clients and, for a Redis store, connected:
-so a worker's time is spent on requests, not on importing the SDK.
+so a worker's time is spent on requests, not on importing the SDK. A `Conversation` instead keeps
+one client in each worker named, for Responses API turns the test asks of one worker at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import multiprocessing
 import queue
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -67,6 +69,36 @@ class Outcome:
     """WARNING messages of the ``openai_lb`` logger in this worker during the job (all plans')."""
 
 
+@dataclass(frozen=True)
+class Conversation:
+    """A balanced client kept in a worker for the `Turn`s the test asks of it, until ``"end"``."""
+
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One ``responses.create`` in a worker's `Conversation`."""
+
+    previous: str | None = None
+    """``previous_response_id``: the response this one continues."""
+    wait: bool = True
+    """Wait first (``CONNECT_TIMEOUT`` at most) until the client's store knows which backend holds ``previous``."""
+
+
+@dataclass
+class TurnOutcome:
+    response_id: str
+    backend: str
+    """``x-openai-lb-backend`` of the answer."""
+    turn: str | None
+    """The fake's count of the chain's turns (``metadata["turn"]``)."""
+    waited: float
+    """Seconds the store took to know the holder of ``previous``."""
+    counts: dict[str, dict[str, int]]
+    """``status()`` after the turn: backend name -> attempts, pinned, discovered, failovers_away."""
+
+
 class _Warnings(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -90,8 +122,12 @@ def serve(index: int, warmup: str, inbox: Any, outbox: Any) -> None:
         job = inbox.get()
         if job is None:
             return
+        if job == "end":  # of a conversation that failed to start: nothing to end
+            outbox.put(("done", index, None))
+            continue
+        work = _converse if isinstance(job, Conversation) else _run
         try:
-            outbox.put(("done", index, _run(index, job, inbox, outbox)))
+            outbox.put(("done", index, work(index, job, inbox, outbox)))
         except Exception as error:  # the test fails with it instead of waiting for a worker that died
             outbox.put(("error", index, f"{type(error).__name__}: {error}"))
 
@@ -158,6 +194,55 @@ def _run(index: int, job: Job, inbox: Any, outbox: Any) -> list[Outcome]:
             store = client.balancer.store
             if isinstance(store, openai_lb.RedisHealthStore):
                 store.close()  # the next job's URL gets a fresh one; no threads left on an old server
+
+
+def _converse(index: int, job: Conversation, inbox: Any, outbox: Any) -> None:
+    import openai_lb
+
+    client = _client(job.plan)
+    store = client.balancer.store
+    try:
+        if isinstance(store, openai_lb.RedisHealthStore):
+            _wait(lambda: store.connected, CONNECT_TIMEOUT, "the Redis store connecting")
+        outbox.put(("ready", index))
+        while (turn := inbox.get(timeout=CONNECT_TIMEOUT * 3)) != "end":
+            try:
+                outbox.put(("answered", index, _turn(client, turn)))
+            except Exception as error:  # reported; the conversation goes on until the test ends it
+                outbox.put(("error", index, f"{type(error).__name__}: {error}"))
+    finally:
+        client.close()
+        if isinstance(store, openai_lb.RedisHealthStore):
+            store.close()
+
+
+def _turn(client: Any, turn: Turn) -> TurnOutcome:
+    balancer = client.balancer
+    started = time.monotonic()
+    options: dict[str, str] = {}
+    previous = turn.previous
+    if previous is not None:
+        options["previous_response_id"] = previous
+        if turn.wait:
+            _wait(
+                lambda: balancer.store.owner(previous, balancer.clock()) is not None,
+                CONNECT_TIMEOUT,
+                "the store learning which backend holds the previous response",
+            )
+    waited = time.monotonic() - started
+    raw = client.responses.with_raw_response.create(model="gpt-4o", input="and then?", **options)
+    response = raw.parse()
+    counts = {
+        status.name: {
+            "attempts": status.attempts,
+            "pinned": status.pinned,
+            "discovered": status.discovered,
+            "failovers_away": status.failovers_away,
+        }
+        for status in balancer.status()
+    }
+    turn_number = (response.metadata or {}).get("turn")
+    return TurnOutcome(response.id, raw.headers.get("x-openai-lb-backend", "?"), turn_number, waited, counts)
 
 
 def _cooling(client: Any, name: str) -> Any:
@@ -233,6 +318,25 @@ class Fleet:
         for inbox in self.inboxes:
             inbox.put("go")
 
+    def begin(self, plans: dict[int, Plan], timeout: float = CONNECT_TIMEOUT * 3) -> None:
+        """A `Conversation` in each worker named (index -> plan), once every one is ready."""
+        for index, plan in plans.items():
+            self.inboxes[index].put(Conversation(plan))
+        self._collect("ready", timeout, plans)
+
+    def turn(self, index: int, turn: Turn, timeout: float = CONNECT_TIMEOUT * 2) -> TurnOutcome:
+        """One turn of worker ``index``'s conversation."""
+        self.inboxes[index].put(turn)
+        outcome: TurnOutcome = self._collect("answered", timeout, (index,))[index]
+        return outcome
+
+    def end(self, indexes: Iterable[int], timeout: float = CONNECT_TIMEOUT) -> None:
+        """End the conversations of the workers named; they close their clients and stores."""
+        indexes = tuple(indexes)
+        for index in indexes:
+            self.inboxes[index].put("end")
+        self._collect("done", timeout, indexes)
+
     def results(self, timeout: float) -> list[list[Outcome]]:
         """Every worker's outcomes (one per plan), by worker."""
         found = self._collect("done", timeout)
@@ -242,17 +346,19 @@ class Fleet:
         self.start(job)
         return self.results(timeout)
 
-    def _collect(self, kind: str, timeout: float) -> dict[int, Any]:
+    def _collect(self, kind: str, timeout: float, workers: Iterable[int] | None = None) -> dict[int, Any]:
+        """One ``kind`` message from each of ``workers`` (all unless named), by worker."""
+        expected = len(self.processes) if workers is None else len(tuple(workers))
         found: dict[int, Any] = {}
         deadline = time.monotonic() + timeout
-        while len(found) < len(self.processes):
+        while len(found) < expected:
             left = deadline - time.monotonic()
             try:
                 message = self.outbox.get(timeout=max(left, 0.01))
             except queue.Empty:
                 dead = [p.name for p in self.processes if not p.is_alive()]
                 raise AssertionError(
-                    f"{len(self.processes) - len(found)} worker(s) not {kind} within {timeout} s (dead: {dead})"
+                    f"{expected - len(found)} worker(s) not {kind} within {timeout} s (dead: {dead})"
                 ) from None
             if message[0] == "error":
                 raise AssertionError(f"worker {message[1]} failed: {message[2]}")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fleet_worker import Fleet, Job, Outcome, Plan
+from fleet_worker import Fleet, Job, Outcome, Plan, Turn
 from redis_server import RedisServer, require_redis, wait_until
 
 import openai_lb
@@ -304,6 +304,37 @@ def test_garbage_in_the_namespace_is_ignored_and_counted_and_clients_keep_sharin
         for store in stores:
             store.close()
         redis.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_response_created_in_one_process_is_continued_in_another_on_its_backend_without_discovery(
+    fleet: Fleet, redis_server: RedisServer, servers: Any
+) -> None:
+    east, west, north = servers("east"), servers("west"), servers("north")
+    # The creator prefers east; the continuer prefers the two others, where a chain it could only
+    # look for would be looked for first.
+    creator = Plan((("east", east.url, 1), ("west", west.url, 2), ("north", north.url, 2)), store=redis_server.url)
+    continuer = Plan((("east", east.url, 2), ("west", west.url, 1), ("north", north.url, 1)), store=redis_server.url)
+    alone = Plan(continuer.backends, store=None)  # the same preferences over this process's memory only
+    fleet.begin({0: creator, 1: continuer, 2: alone})
+    try:
+        first = fleet.turn(0, Turn())
+        assert (first.backend, first.turn) == ("east", "1"), first
+        second = fleet.turn(1, Turn(first.response_id))
+        looked_elsewhere = [(server.name, r.path) for server in (west, north) for r in server.requests]
+        control = fleet.turn(2, Turn(first.response_id, wait=False))
+    finally:
+        fleet.end((0, 1, 2))
+    print(f"the continuing process knew the response's backend {second.waited:.3f} s after it was created")
+    assert (second.backend, second.turn) == ("east", "2"), f"the chain was not continued on its backend: {second}"
+    assert not looked_elsewhere, f"the continuing process looked for the response elsewhere: {looked_elsewhere}"
+    east_counts = second.counts["east"]
+    assert (east_counts["attempts"], east_counts["pinned"], east_counts["discovered"]) == (1, 1, 0), second.counts
+    assert sum(counts["failovers_away"] for counts in second.counts.values()) == 0, second.counts
+    assert second.response_id in east.objects, "the continued response is not on east"
+    # Proof that the test can fail: a process that was not told looks on its preferred backends first.
+    assert (control.backend, control.counts["east"]["discovered"]) == ("east", 1), control
+    assert control.counts["west"]["failovers_away"] + control.counts["north"]["failovers_away"] == 2, control.counts
 
 
 def chat(client: Any) -> str:

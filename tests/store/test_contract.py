@@ -165,3 +165,51 @@ def test_clear_forgets_blocks_streaks_and_trips(store: HealthStore, clock: FakeC
     assert store.blocked(A, "gpt-4o", clock.now) is None
     assert store.snapshot(A, clock.now) == BackendHealth(0, None, {})
     assert store.trip(A, sent, clock.now, doubling) == (1, 5.0), "the last trip was remembered after clear()"
+
+
+DAY = 86_400.0
+
+
+def test_a_remembered_owner_answers_until_its_deadline(store: HealthStore, clock: FakeClock) -> None:
+    assert store.owner("resp_1", clock.now) is None, "an id never remembered has an owner"
+    store.remember((object_id for object_id in ("resp_1", "file-1")), A, clock.now + DAY, 10)
+    assert store.owner("resp_1", clock.now) == A
+    assert store.owner("file-1", clock.now) == A
+    assert store.owner("resp_2", clock.now) is None, "an id never remembered has an owner"
+    clock.advance(DAY - 1)
+    assert store.owner("resp_1", clock.now) == A, "the owner was forgotten before its deadline"
+    clock.advance(1)
+    assert store.owner("resp_1", clock.now) is None, "the owner outlived its deadline"
+    assert store.owner("file-1", clock.now) is None, "the owner outlived its deadline"
+
+
+def test_remembering_an_id_again_moves_it_to_the_new_owner_and_deadline(store: HealthStore, clock: FakeClock) -> None:
+    store.remember(["resp_1"], A, clock.now + 10, 10)
+    store.remember(["resp_1"], B, clock.now + 20, 10)
+    assert store.owner("resp_1", clock.now) == B
+    clock.advance(15)
+    assert store.owner("resp_1", clock.now) == B, "the first deadline still applied"
+
+
+def test_a_forgotten_owner_is_unknown_and_forgetting_an_unknown_id_changes_nothing(
+    store: HealthStore, clock: FakeClock
+) -> None:
+    store.remember(["resp_1", "resp_2"], A, clock.now + DAY, 10)
+    store.forget("resp_1")
+    store.forget("never-seen")
+    assert store.owner("resp_1", clock.now) is None, "a forgotten id kept its owner"
+    assert store.owner("resp_2", clock.now) == A, "forgetting one id forgot another"
+
+
+def test_beyond_the_capacity_the_least_recently_used_owner_goes_first(store: HealthStore, clock: FakeClock) -> None:
+    store.remember(["resp_1", "resp_2", "resp_3"], A, clock.now + DAY, 3)
+    assert store.owner("resp_1", clock.now) == A  # a use: resp_2 is now the least recently used
+    store.remember(["resp_4"], B, clock.now + DAY, 3)
+    found = {object_id: store.owner(object_id, clock.now) for object_id in ("resp_1", "resp_2", "resp_3", "resp_4")}
+    assert found == {"resp_1": A, "resp_2": None, "resp_3": A, "resp_4": B}, found
+
+
+def test_clear_forgets_the_owners(store: HealthStore, clock: FakeClock) -> None:
+    store.remember(["resp_1"], A, clock.now + DAY, 10)
+    store.clear()
+    assert store.owner("resp_1", clock.now) is None, "clear() kept an owner"

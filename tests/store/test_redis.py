@@ -26,6 +26,8 @@ from openai_lb._clients import transport_class
 pytestmark = pytest.mark.timeout(60)
 
 A = "https://a.example.com"
+B = "https://b.example.com"
+DAY = 86_400.0
 Make = Callable[..., Any]
 
 
@@ -47,6 +49,7 @@ def test_reads_never_touch_the_network_they_are_the_memory_stores_own() -> None:
 
     assert RedisHealthStore.blocked is InMemoryHealthStore.blocked
     assert RedisHealthStore.snapshot is InMemoryHealthStore.snapshot
+    assert RedisHealthStore.owner is InMemoryHealthStore.owner
 
 
 def test_a_block_in_one_process_reaches_another_with_its_deadline(redis_store: Make) -> None:
@@ -342,10 +345,13 @@ def test_a_slow_redis_never_slows_a_request(redis_store: Make, redis_server: Red
             one.trip(A, now(), now(), doubling)
             one.count_success(A, f"d{number}", now())
             one.blocked(A, f"d{number}", now())
+            one.remember([f"resp_{number}"], A, now() + DAY, 1_000)
+            one.owner(f"resp_{number}", now())
+            one.forget(f"resp_{number}")
         spent = time.perf_counter() - started
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
-    assert spent < 2.0, f"400 store calls took {spent:.3f} s while Redis hung"
+    assert spent < 2.0, f"700 store calls took {spent:.3f} s while Redis hung"
     wait_until(lambda: one.connected, 10, "the store recovering")
 
 
@@ -363,6 +369,7 @@ def test_a_store_made_before_fork_works_in_the_child(redis_store: Make) -> None:
             wait_until(lambda: parent.connected, 10)
             assert parent.blocked(A, "from-parent", now()) is not None
             parent.block(A, "from-child", now() + 30, "rate_limited")
+            parent.remember(["resp_from_child"], A, now() + DAY, 100)
             parent.close()
             code = 0
         finally:
@@ -373,6 +380,7 @@ def test_a_store_made_before_fork_works_in_the_child(redis_store: Make) -> None:
         time.sleep(0.01)
     assert os.waitstatus_to_exitcode(found[1]) == 0, "the store failed in the forked child"
     wait_until(lambda: parent.blocked(A, "from-child", now()) is not None, what="the child's block reaching the parent")
+    wait_until(lambda: parent.owner("resp_from_child", now()) == A, what="the child's owner reaching the parent")
 
 
 def test_a_url_is_one_store_per_process_wherever_health_store_is_accepted(
@@ -450,3 +458,164 @@ def test_a_resync_learns_every_block_without_an_event_per_block(redis_store: Mak
     connected(late)
     assert late.size == 50, "the resync did not learn every block"
     assert not [e for e in events if isinstance(e, BackendCooled)], "a resync announced each block"
+
+
+# -- the owners of stateful objects
+
+
+def owner_keys(store: Any) -> list[bytes]:
+    return sorted(store._client.scan_iter(match=f"{store.namespace}:v1:owner:*", count=1000))
+
+
+def indexed(store: Any) -> int:
+    count: int = store._client.zcard(f"{store.namespace}:v1:owners")
+    return count
+
+
+def test_an_owner_remembered_in_one_process_reaches_another(redis_store: Make) -> None:
+    one, other = redis_store(), redis_store()
+    connected(one, other)
+    one.remember(["resp_1", "file-1"], A, now() + DAY, 100)
+    wait_until(
+        lambda: other.owner("resp_1", now()) == A and other.owner("file-1", now()) == A,
+        what="the owners reaching the other store",
+    )
+    one.remember(["resp_1"], B, now() + DAY, 100)
+    wait_until(lambda: other.owner("resp_1", now()) == B, what="the new owner reaching the other store")
+
+
+def test_a_store_that_starts_later_learns_the_owners_redis_holds(redis_store: Make) -> None:
+    one = redis_store()
+    connected(one)
+    one.remember(["resp_1", "resp_2"], A, now() + DAY, 100)
+    wait_until(lambda: indexed(one) == 2, what="the owners reaching Redis")
+    late = redis_store()
+    connected(late)
+    assert (late.owner("resp_1", now()), late.owner("resp_2", now())) == (A, A), "the resync missed an owner"
+    assert late.owner("resp_3", now()) is None
+
+
+def test_a_forget_in_one_process_reaches_the_others_and_leaves_nothing_in_redis(redis_store: Make) -> None:
+    one, other = redis_store(), redis_store()
+    connected(one, other)
+    one.remember(["resp_1", "resp_2"], A, now() + DAY, 100)
+    wait_until(lambda: other.owner("resp_2", now()) == A, what="the owners reaching the other store")
+    other.forget("resp_1")
+    wait_until(lambda: one.owner("resp_1", now()) is None, what="the forget reaching the first store")
+    assert one.owner("resp_2", now()) == A, "forgetting one id forgot another"
+    wait_until(lambda: len(owner_keys(one)) == indexed(one) == 1, what="the key and its index entry deleted")
+    late = redis_store()
+    connected(late)
+    assert late.owner("resp_1", now()) is None, "a store started later learned a forgotten owner"
+    assert late.owner("resp_2", now()) == A
+
+
+def test_an_owner_expires_in_every_process_and_in_redis_with_its_deadline(redis_store: Make) -> None:
+    one, other = redis_store(), redis_store()
+    connected(one, other)
+    until = now() + 2.0
+    one.remember(["resp_1"], A, until, 100)
+    wait_until(lambda: other.owner("resp_1", now()) == A, what="the owner reaching the other store")
+    (key,) = owner_keys(one)
+    assert 0 < one._client.pttl(key) <= 2_000, "the key does not expire with its owner"
+    offset = other._owners["resp_1"][1] - until
+    assert abs(offset) < 0.05, f"the deadline moved by {offset:.3f} s on the way"
+    wait_until(lambda: not owner_keys(one), 5, "the key expiring")
+    assert now() >= until - 0.05, "the key expired before its owner's deadline"
+    wait_until(lambda: now() >= until, 1, "the deadline")
+    assert (one.owner("resp_1", now()), other.owner("resp_1", now())) == (None, None), "an owner outlived its deadline"
+    late = redis_store()
+    connected(late)
+    assert late.owner("resp_1", now()) is None, "a store started later learned an expired owner"
+
+
+def test_redis_keeps_at_most_the_capacity_newest_owners_and_a_late_store_learns_those(redis_store: Make) -> None:
+    one, other = redis_store(), redis_store()
+    connected(one, other)
+    for number in range(50):
+        one.remember([f"resp_{number}"], A, now() + DAY + number, 10)  # each expires after the one before
+    wait_until(lambda: other.owner("resp_49", now()) == A, what="the last write reaching the other store")
+    assert indexed(one) == 10, "the index outgrew the capacity"
+    assert len(owner_keys(one)) == 10, "the owners trimmed from the index kept their keys"
+    assert one.owners == 10, "memory held more owners than the capacity"
+    late = redis_store()
+    connected(late)
+    known = [number for number in range(50) if late.owner(f"resp_{number}", now()) == A]
+    assert known == list(range(40, 50)), f"the late store learned {known}, not the 10 newest"
+
+
+def test_owner_keys_are_digests_of_the_ids_and_values_are_versioned_json(redis_store: Make) -> None:
+    one = redis_store()
+    connected(one)
+    object_id = "resp_*?[x]\\é"  # a pattern, were it in a key name
+    one.remember([object_id], A, now() + DAY, 100)
+    wait_until(lambda: indexed(one) == 1, what="the owner reaching Redis")
+    (key,) = owner_keys(one)
+    name = key.decode()
+    assert "resp" not in name, f"the object id is in the key name {name!r}"
+    value = json.loads(one._client.get(key))
+    assert {k: value[k] for k in ("v", "kind", "id", "key")} == {"v": 1, "kind": "owner", "id": object_id, "key": A}
+    assert 0 < one._client.pttl(key) <= DAY * 1000
+
+
+def test_owner_values_that_could_forge_a_log_line_or_are_malformed_are_ignored(redis_store: Make) -> None:
+    one = redis_store()
+    connected(one)
+    until = (time.time() + 60) * 1000
+    forged: list[dict[str, Any]] = [
+        {"id": "resp_1\nFAKE LOG LINE", "key": A},
+        {"id": "resp/../1", "key": A},
+        {"id": "r" * 513, "key": A},
+        {"id": 7, "key": A},
+        {"id": "resp_1", "key": "https://a\nFAKE LOG LINE"},
+        {"id": "resp_1", "key": A, "until": "soon"},
+    ]
+    for fields in forged:
+        one._client.publish(one.channel, json.dumps({"v": 1, "kind": "owner", "until": until, "by": "x", **fields}))
+    one._client.publish(one.channel, json.dumps({"v": 1, "kind": "forget", "id": ["resp_1"], "by": "x"}))
+    wait_until(lambda: one.ignored == len(forged) + 1, what="every forged value being ignored")
+    assert one.owners == 0, "a forged owner was learned"
+    prefix = f"{one.namespace}:v1:"
+    one._client.set(prefix + "owner:planted", json.dumps({"v": 1, "kind": "owner", "until": until, "by": "x"}))
+    one._client.zadd(prefix + "owners", {"planted": until, "missing": until})
+    late = redis_store()
+    connected(late)
+    assert late.ignored == 1, "the planted owner was not ignored on resync"
+    assert late.owners == 0
+
+
+def test_owners_learned_while_redis_was_down_and_held_before_it_restarted_reach_the_fleet(namespace: str) -> None:
+    with RedisServer() as server:
+        options: dict[str, Any] = {"namespace": namespace, "reconnect_base": 0.02, "reconnect_max": 0.1}
+        with (
+            openai_lb.RedisHealthStore(server.url, **options) as one,
+            openai_lb.RedisHealthStore(server.url, **options) as other,
+        ):
+            connected(one, other)
+            one.remember(["resp_before"], A, now() + DAY, 100)
+            wait_until(lambda: other.owner("resp_before", now()) == A, what="the first owner")
+            server.kill()
+            wait_until(lambda: not one.connected and not other.connected, what="both noticing")
+            one.remember(["resp_while_down"], A, now() + DAY, 100)
+            server.start()  # empty: it forgot everything
+            connected(one, other)
+            wait_until(lambda: other.owner("resp_while_down", now()) == A, what="the offline owner spreading")
+            with openai_lb.RedisHealthStore(server.url, **options) as fresh:
+                connected(fresh)
+                wait_until(
+                    lambda: fresh.owner("resp_before", now()) == fresh.owner("resp_while_down", now()) == A,
+                    what="a store started after the restart learning both owners",
+                )
+
+
+def test_writes_dropped_by_a_full_queue_are_made_good_by_publishing_every_owner(redis_store: Make) -> None:
+    one, other = redis_store(max_queue=1), redis_store()
+    connected(one, other)
+    ids = [f"resp_{number}" for number in range(300)]
+    for object_id in ids:  # far faster than one round trip each: the queue of one overflows
+        one.remember([object_id], A, now() + DAY, 1_000)
+    wait_until(
+        lambda: all(other.owner(object_id, now()) == A for object_id in ids),
+        10,
+        "every owner reaching the other store although the queue dropped writes",
+    )

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from openai_lb.testing import CutStream, ObjectIds, Reply, ResetConnection, Stall
 from openai_lb.testing import _objects as objects_module
+from openai_lb.testing._meters import Window, spend
 from openai_lb.testing._routes import Exchange, Incoming, inner_path, normalize_prefix, parse
 from openai_lb.testing._rules import (
     Config,
@@ -23,10 +24,8 @@ from openai_lb.testing._rules import (
     Response,
     State,
     Wait,
-    Window,
     decide,
     scripted,
-    spend,
 )
 
 CHAT = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"

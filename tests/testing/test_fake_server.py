@@ -20,6 +20,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from openai_lb.testing import (
     CutStream,
     FakeAzureOpenAI,
+    HoldStream,
     RecordedRequest,
     Reply,
     ResetConnection,
@@ -584,6 +585,48 @@ def test_stall_ends_when_the_server_stops() -> None:
     assert isinstance(outcome[0], (http.client.HTTPException, OSError)), f"expected a dropped connection, got {outcome}"
 
 
+def test_hold_stream_sends_the_first_events_then_the_rest_once_released(server: FakeAzureOpenAI) -> None:
+    hold = HoldStream(after=1)
+    server.script(hold)
+    client = azure_client(server, timeout=5)
+
+    events = iter(client.responses.create(model="gpt-4o", input="hi", stream=True))
+    created = next(events)
+    held = server.served, hold.release.is_set()
+    hold.release.set()
+    rest = list(events)
+    follow_up = client.responses.create(model="gpt-4o", input="and?", previous_response_id=created.response.id)
+
+    assert created.type == "response.created", f"the event before the hold comes first, got {created.type}"
+    assert held == (1, False), "the first event arrives while the server holds the rest"
+    assert rest[-1].type == "response.completed", "once released, the stream ends normally"
+    assert (follow_up.metadata or {}).get("turn") == "2", "a held answer is a normal one: its response is stored"
+
+
+def test_an_unreleased_hold_is_cut_after_its_timeout(server: FakeAzureOpenAI) -> None:
+    server.script(HoldStream(after=1, timeout=0.2))
+    stream = azure_client(server, timeout=5).chat.completions.create(model="gpt-4o", messages=HI, stream=True)
+    received: list[str] = []
+
+    started = time.perf_counter()
+    with pytest.raises((SDK_HTTP.TransportError, openai.APIConnectionError)):
+        received.extend(chunk.choices[0].delta.content or "" for chunk in stream)
+
+    assert received == ["ptu:"], f"the event before the hold, then the cut, got {received}"
+    assert 0.2 <= time.perf_counter() - started < 2.0, "the cut comes when the hold times out"
+
+
+def test_hold_stream_sends_other_answers_whole(server: FakeAzureOpenAI) -> None:
+    server.script(HoldStream(after=0, timeout=5.0))
+
+    started = time.perf_counter()
+    answer = post_chat(server.url)
+
+    assert answer.status == 200
+    assert answer.json()["choices"][0]["message"]["content"] == "ptu:gpt-4o"
+    assert time.perf_counter() - started < 1.0, "a JSON answer is not held"
+
+
 def test_invalid_actions_are_refused() -> None:
     with pytest.raises(ValueError, match="status"):
         Reply(99)
@@ -593,6 +636,10 @@ def test_invalid_actions_are_refused() -> None:
         CutStream(framing="chunked")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="seconds"):
         Stall(-1.0)
+    with pytest.raises(ValueError, match="after"):
+        HoldStream(after=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        HoldStream(timeout=0)
     with pytest.raises(TypeError):
         FakeAzureOpenAI().script("Reply(500)")  # type: ignore[arg-type]
 
