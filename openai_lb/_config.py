@@ -297,7 +297,7 @@ class Policy:
     backend passed over sends no new readings, so this is also how long a full one is left alone."""
     headroom_utilization: float = 95.0
     """Percent of a provisioned deployment's utilisation at which it is passed over."""
-    headroom_output_tokens: int = 1_000
+    headroom_output_tokens: int = 1_024
     """Output tokens a request is assumed to claim when it names no ``max_tokens``,
     ``max_completion_tokens`` or ``max_output_tokens``."""
     headroom_tokenizer: str | None = None

@@ -150,7 +150,8 @@ class Balancer:
         """Start one caller request for ``deployment`` (None when the request names none); ``stateful``
         when it names objects held by one backend or creates one (ignored with ``Policy(affinity=False)``).
         ``body`` (JSON) and ``output_tokens`` (its output limit, when a parse found one) make the request's
-        cost estimate, computed only if a backend it may go to has sent a reading."""
+        cost estimate, computed only when it reserves room on a backend (not on one whose answers carry no
+        headroom headers)."""
         return Call(self, deployment, stateful if self.policy.affinity else None, body, output_tokens)
 
     def status(self) -> tuple[BackendStatus, ...]:
@@ -304,7 +305,7 @@ class Call:
             return self._answer(now)
         book = balancer.book
         passed: tuple[Backend, ...] = ()
-        if book is None or not book.slots:  # headroom off, or no backend has sent a reading yet
+        if book is None:
             chosen = candidates[0] if len(candidates) == 1 else self._pick(candidates)
         else:
             chosen, passed = self._with_room(book, candidates, after, now)
@@ -372,9 +373,9 @@ class Call:
     def _reserve(
         self, book: HeadroomBook, backend: Backend, now: float, check: tuple[float, float, float] | None
     ) -> bool:
-        """Reserve the request's estimate on ``backend`` if it fits (always, without ``check``); a backend that
-        never sent a reading takes it without a reservation."""
-        slot = book.slot(backend.key, backend.deployment_for(self.deployment) or "")
+        """Reserve the request's estimate on ``backend`` if it fits (always, without ``check``); a silent backend
+        (its answers carry no headroom headers) takes it without a reservation."""
+        slot = book.open(backend.key, backend.deployment_for(self.deployment) or "")
         if slot is None:
             return True
         cost = self._cost
@@ -409,22 +410,20 @@ class Call:
             return None
         signals = read_signals(raw) if raw else None
         book = balancer.book
-        if (
-            signals is not None
-            and book is not None
-            and signals.spilled_from is None
-            and signals.has_room
-            and status != 429
-            and status not in balancer.policy.failover_statuses
-        ):
-            hold, self._hold = self._hold, None
-            key, deployment = attempt.backend.key, attempt.deployment or ""
+        if book is None:
+            return signals
+        hold, self._hold = self._hold, None
+        key, deployment = attempt.backend.key, attempt.deployment or ""
+        if status == 429 or status in balancer.policy.failover_statuses or (signals and signals.spilled_from):
+            if hold is not None:
+                book.release(*hold)
+        elif signals is not None and signals.has_room:
             horizon = balancer.policy.headroom_horizon
             book.record(
                 key, deployment, hold, signals, sent=attempt.started, received=balancer.clock(), horizon=horizon
             )
         else:
-            self._unhold()
+            book.hush(key, deployment, hold)
         return signals
 
     def _pick(self, candidates: list[Backend]) -> Backend:

@@ -395,11 +395,14 @@ class HeadroomBook:
     """Readings and reservations per (backend key, deployment), shared by every balancer of one health store
     in this process (``book_for``). Thread-safe; bounded to ``max_slots`` deployments."""
 
-    __slots__ = ("__weakref__", "_lock", "_tickets", "max_slots", "slots")
+    __slots__ = ("__weakref__", "_lock", "_tickets", "max_slots", "silent", "slots")
 
     def __init__(self, *, max_slots: int = 10_000) -> None:
         self.slots: dict[tuple[str, str], Slot] = {}
         """(backend key, deployment) -> its slot; read without the lock (one dict lookup), changed under it."""
+        self.silent: set[tuple[str, str]] = set()
+        """Deployments whose first answer carried no headroom headers (a gateway that drops them, another
+        service): nothing is reserved there until an answer brings a reading."""
         self._lock = threading.Lock()
         self._tickets = 0
         self.max_slots = max_slots
@@ -408,8 +411,21 @@ class HeadroomBook:
         return len(self.slots)
 
     def slot(self, key: str, deployment: str) -> Slot | None:
-        """The slot of a deployment that has answered with a reading; None for one that never has."""
+        """The slot of a deployment; None before its first attempt or reading."""
         return self.slots.get((key, deployment))
+
+    def open(self, key: str, deployment: str) -> Slot | None:
+        """The slot of a deployment, made at its first attempt, so that what is sent before its first reading
+        arrives counts against that reading; None for a silent deployment, or while the book is full."""
+        name = (key, deployment)
+        slot = self.slots.get(name)
+        if slot is not None or name in self.silent:
+            return slot
+        with self._lock:
+            slot = self.slots.get(name)
+            if slot is None and len(self.slots) < self.max_slots:
+                slot = self.slots[name] = Slot()
+            return slot
 
     def reserve(
         self, slot: Slot, started: float, tokens: int, *, check: tuple[float, float, float] | None = None
@@ -433,6 +449,18 @@ class HeadroomBook:
         with self._lock:
             slot.pending.pop(ticket, None)
 
+    def hush(self, key: str, deployment: str, hold: tuple[Slot, int] | None) -> None:
+        """End the reservation ``hold`` (if any) of an answer that could have brought a reading and did not. A
+        deployment that has never sent one is silent from now on: its slot goes, and nothing is reserved there."""
+        name = (key, deployment)
+        with self._lock:
+            if hold is not None:
+                hold[0].pending.pop(hold[1], None)
+            slot = self.slots.get(name)
+            if slot is not None and slot.reading is None and not slot.pending and len(self.silent) < self.max_slots:
+                del self.slots[name]
+                self.silent.add(name)
+
     def record(
         self,
         key: str,
@@ -451,11 +479,13 @@ class HeadroomBook:
             if hold is not None:
                 held_tokens = hold[0].pending.pop(hold[1], None)
                 mark = None if held_tokens is None else held_tokens[2]
-            slot = self.slots.get((key, deployment))
+            name = (key, deployment)
+            self.silent.discard(name)
+            slot = self.slots.get(name)
             if slot is None:
                 if len(self.slots) >= self.max_slots and not self._forget_idle(received, horizon):
                     return
-                slot = self.slots[(key, deployment)] = Slot()
+                slot = self.slots[name] = Slot()
             current = slot.reading
             if current is None or sent >= current.sent or received >= current.received + horizon:
                 reading = tuple.__new__(Reading, (signals, sent, received, mark))
@@ -478,6 +508,7 @@ class HeadroomBook:
     def clear(self) -> None:
         with self._lock:
             self.slots.clear()
+            self.silent.clear()
 
 
 _books: weakref.WeakKeyDictionary[object, HeadroomBook] = weakref.WeakKeyDictionary()

@@ -351,7 +351,7 @@ def test_the_tokenizer_needs_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
         make([PTU], FakeClock(), policy=Policy(headroom_tokenizer="o200k_base"))
 
 
-def test_the_estimate_is_computed_only_for_a_backend_with_a_reading(
+def test_a_backend_whose_answers_carry_no_headroom_costs_no_estimate(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import openai_lb._core as core
@@ -364,13 +364,30 @@ def test_the_estimate_is_computed_only_for_a_backend_with_a_reading(
 
     monkeypatch.setattr(core, "estimate", spy)
     balancer = make([PTU, PAYGO], clock)
-    attempt(begin(balancer))
-    assert estimates == [], "no backend has sent a reading: no estimate"
+    call = begin(balancer)
+    call.report(attempt(call), 200, {}, None, raw({"content-type": "application/json"}))
+    assert estimates == [COST], "the first attempt reserves: what its answer will say is not known yet"
+    assert balancer.book is not None
+    assert balancer.book.slot(PTU.key, "gpt-4o") is None, "an answer without headroom headers: silent"
+    for _ in range(3):
+        call = begin(balancer)
+        call.report(attempt(call), 200, {}, None)
+    assert estimates == [COST], "nothing reserved, nothing estimated, for a silent backend"
     answer(balancer, PTU, {"x-ratelimit-remaining-tokens": "100000"})
     call = begin(balancer)
     attempt(call)
     call.next()
-    assert estimates == [COST], "estimated once per request, when a reading needs it"
+    assert estimates == [COST, COST], "a reading ends the silence; one estimate per request"
+
+
+def test_attempts_sent_before_the_first_reading_count_against_it(clock: FakeClock) -> None:
+    balancer = make([PTU, PAYGO], clock)
+    first = begin(balancer)
+    first_step = attempt(first)
+    burst = [attempt(begin(balancer)).backend.name for _ in range(3)]
+    assert burst == ["ptu"] * 3, "nothing known yet: the PTU takes them, each reserving its estimate"
+    first.report(first_step, 200, {}, None, raw({"x-ratelimit-remaining-tokens": str(3 * COST)}))
+    assert attempt(begin(balancer)).backend is PAYGO, "the three sent after the first fill what it said was left"
 
 
 # -- deciding with it
