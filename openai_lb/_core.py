@@ -305,7 +305,9 @@ class Call:
             return self._answer(now)
         book = balancer.book
         passed: tuple[Backend, ...] = ()
-        if book is None:
+        # No deployment has sent a reading, and some answered without one: a setup without headroom
+        # headers (a gateway that drops them, not Azure), where nothing is reserved until a reading comes.
+        if book is None or (not book.slots and book.silent):
             chosen = candidates[0] if len(candidates) == 1 else self._pick(candidates)
         else:
             chosen, passed = self._with_room(book, candidates, after, now)
@@ -409,10 +411,11 @@ class Call:
         if not balancer._reads:  # headroom off, and no backend asks Azure to spill: nothing held, nothing read
             return None
         signals = read_signals(raw) if raw else None
+        hold = self._hold
         book = balancer.book
-        if book is None:
+        if book is None or (signals is None and hold is None):  # nothing reserved, nothing to read
             return signals
-        hold, self._hold = self._hold, None
+        self._hold = None
         key, deployment = attempt.backend.key, attempt.deployment or ""
         if status == 429 or status in balancer.policy.failover_statuses or (signals and signals.spilled_from):
             if hold is not None:
@@ -422,7 +425,7 @@ class Call:
             book.record(
                 key, deployment, hold, signals, sent=attempt.started, received=balancer.clock(), horizon=horizon
             )
-        else:
+        elif hold is not None:  # without one, nothing was reserved: a silent deployment, or none sent a reading
             book.hush(key, deployment, hold)
         return signals
 
