@@ -61,8 +61,8 @@ ROUTES: tuple[Route, ...] = (
 """Every stateful path openai_lb pins; a path not here is balanced like any stateless call."""
 
 _BY_FIRST = {route.collection[0]: route for route in ROUTES}
-# The paths _parsed_route may find a route in: a collection's first segment after /openai/ and either v1/
-# or a deployment. More than it finds (the rest of the collection is read there), never less.
+# The paths _parsed_route may find a route in: /openai/, then v1/, deployments/{name}/ or neither, then a
+# collection's first segment, whole. More paths than it finds routes in (it reads the rest), never fewer.
 _STATEFUL_PATH = re.compile(
     rb"/openai/(?:v1/|deployments/[^/]*/)?(?:%b)(?:/|\Z)" % b"|".join(re.escape(first.encode()) for first in _BY_FIRST)
 )
