@@ -52,6 +52,8 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
             ["case", "µs added per request"], [[case, _range(stat, "{:.1f}")] for case, stat in iso["added_us"].items()]
         )
     )
+    if "affinity" in results:  # results from before the affinity benchmark have none
+        out.append("\n" + affinity_markdown(results["affinity"]))
     conc = results["async_concurrency"]
     systems = list(next(iter(conc["levels"].values()))["ratio_to_plain"])
     out.append(
@@ -168,15 +170,9 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
 def fleet_markdown(fleet: dict[str, Any]) -> str:
     """The fleet benchmark's section: balancing, propagation and hot-path cost."""
     paygo = " and ".join(f"{b}" for b in fleet["paygo_budgets"])
-    measured = fleet.get("measured")
     out = [
         "## Fleet-wide balancing\n\n"
-        + (
-            f"Measured apart from the rest by `{measured['command']}` on {measured['machine']['date']} "
-            f"(openai_lb {measured['machine']['openai_lb']}, Python {measured['machine']['python']}). "
-            if measured
-            else ""
-        )
+        + _measured_apart(fleet)
         + f"W worker processes, each with its own client, share a PTU with a budget of {fleet['ptu_budget']} "
         f"requests per {fleet['window']:g}-second window and two pay-as-you-go deployments ({paygo} per window); "
         f"{fleet['rate']:g} requests/s offered in all (Poisson, split evenly over the workers) for "
@@ -249,6 +245,71 @@ def fleet_markdown(fleet: dict[str, Any]) -> str:
             f"{load['5 min']:.1f} (5 min), on {load['cores']} cores.\n"
         )
     return "".join(out)
+
+
+def affinity_markdown(affinity: dict[str, Any]) -> str:
+    """The affinity benchmark's section: what affinity adds to each kind of request."""
+    out = [
+        "## What stateful affinity costs\n\n"
+        + _measured_apart(affinity)
+        + "The isolated transport benchmark (3 backends, PTU + spares, an inner transport answering from memory) "
+        "sending the request the SDK builds, with `Policy(affinity=False)` and `Policy(affinity=True)` one right "
+        f"after the other in each of {affinity['rounds']} rounds. The response the pinned requests name is held, "
+        "as far as the store knows, by a spare: pinned, they go there. Each create's answer names a new response, "
+        f"whose holder is learned. Target: ≤ {affinity['target_us']:g} µs added on a stateless call.\n",
+        _table(
+            [
+                "request",
+                "affinity off µs",
+                "affinity on µs",
+                "on − off µs (paired by round)",
+                "on / off",
+                "fastest round, off / on µs",
+            ],
+            [
+                [
+                    name,
+                    _range(case["off"], "{:.1f}"),
+                    _range(case["on"], "{:.1f}"),
+                    _range(case["on_minus_off"], "{:.2f}"),
+                    _range(case["on_over_off"]),
+                    "{off:.1f} / {on:.1f}".format(**case["fastest"]),
+                ]
+                for name, case in affinity["cases"].items()
+            ],
+        ),
+        "\nA stateless request's one step that affinity changes, alone (`RequestTemplate`: the path's "
+        "route, looked up), ns per request:\n",
+        _table(
+            ["path", "affinity off", "affinity on", "on − off (paired by round)"],
+            [
+                [
+                    f"`{path}`",
+                    _range(step["off"], "{:.0f}"),
+                    _range(step["on"], "{:.0f}"),
+                    _range(step["on_minus_off"], "{:.0f}"),
+                ]
+                for path, step in affinity["template_ns"].items()
+            ],
+        ),
+        "\nLearning the id a create's answer names (`created_id`, which reads an answer's leading `\"id\"` "
+        "without parsing it), ns: "
+        + "; ".join(f"{name} {_range(stat, '{:,.0f}')}" for name, stat in affinity["created_id_ns"].items())
+        + ".\n",
+    ]
+    return "".join(out)
+
+
+def _measured_apart(section: dict[str, Any]) -> str:
+    """For a section measured by ``run.py --only``: when and by what, since the rest of the results are older."""
+    measured = section.get("measured")
+    if not measured:
+        return ""
+    machine = measured["machine"]
+    return (
+        f"Measured apart from the rest by `{measured['command']}` on {machine['date']} "
+        f"(openai_lb {machine['openai_lb']}, Python {machine['python']}). "
+    )
 
 
 def _opt_ms(value: float | None) -> str:

@@ -35,10 +35,10 @@ from typing import Any
 
 import httpx
 import openai
+from _measure import COMPLETION, InMemory, balancing, interleaved, per_request_seconds, spread
 from _redis_server import RedisProcess
 from _servers import ServerProcess
 from _systems import API_KEY, API_VERSION
-from bench_overhead import _InMemory, _transport, interleaved, per_request_seconds, spread
 from bench_spillover import Outcome, Scenario, _analyse, _drive_async, _percentile
 
 import openai_lb
@@ -98,9 +98,7 @@ class Job:
 def _warm_up() -> None:
     """One call through the SDK and the balancer over an in-memory transport: the SDK's lazy imports and
     model building take a good part of a second, which must not land in the first window's requests."""
-    from bench_overhead import _COMPLETION
-
-    inner = httpx.MockTransport(lambda request: httpx.Response(200, json=_COMPLETION))
+    inner = httpx.MockTransport(lambda request: httpx.Response(200, json=COMPLETION))
     transport = openai_lb.HTTPXTransport(
         [openai_lb.Backend("https://warm-up.example.com")], transport=inner, health_store=InMemoryHealthStore()
     )
@@ -275,9 +273,9 @@ def hot_path(rounds: int, calls: int, redis_url: str) -> dict[str, Any]:
     shared = RedisHealthStore(redis_url, namespace=f"bench-hot-{uuid.uuid4().hex[:8]}")
     _connected(shared)
     cases: dict[str, Callable[[], httpx.BaseTransport]] = {
-        "inner alone": _InMemory,
-        "InMemoryHealthStore": lambda: _transport(3, tiered=True, store=InMemoryHealthStore()),
-        "RedisHealthStore": lambda: _transport(3, tiered=True, store=shared),
+        "inner alone": InMemory,
+        "InMemoryHealthStore": lambda: balancing(3, tiered=True, store=InMemoryHealthStore()),
+        "RedisHealthStore": lambda: balancing(3, tiered=True, store=shared),
     }
     try:
         samples: dict[str, list[float]] = per_request_seconds(rounds, calls, cases)

@@ -6,26 +6,19 @@ import asyncio
 import contextlib
 import gc
 import random
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import openai
+from _measure import COMPLETION, MESSAGES, InMemory, balancing, per_request_seconds, spread
 from _servers import FastServer
 from _systems import async_client, sync_client
 
 import openai_lb
-from openai_lb import Backend, HealthStore, InMemoryHealthStore
-
-T = TypeVar("T")
-MESSAGES: Any = [{"role": "user", "content": "hi"}]
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+from openai_lb import Backend, InMemoryHealthStore
 
 
 def _backends(url: Callable[[str], str], system: str) -> list[tuple[str, int]]:
@@ -63,70 +56,12 @@ def sdk_sequential(rounds: int, calls: int, systems: list[str]) -> dict[str, Any
     }
 
 
-class _InMemory(httpx.BaseTransport):
-    """An inner transport answering at once from memory: what is left is the balancer's own cost."""
-
-    body = b'{"id": "x", "object": "chat.completion"}'
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=self.body, request=request)
-
-
-def _transport(count: int, *, tiered: bool, store: HealthStore | None = None) -> openai_lb.HTTPXTransport:
-    backends = [Backend(f"https://b{i}.example.com", priority=1 if (i == 0 or not tiered) else 2) for i in range(count)]
-    return openai_lb.HTTPXTransport(backends, transport=_InMemory(), health_store=store or InMemoryHealthStore())
-
-
-def _sdk_request() -> httpx.Request:
-    """The request the SDK itself builds for a chat completion (all its usual headers included)."""
-    captured: list[httpx.Request] = []
-
-    def capture(request: httpx.Request) -> httpx.Response:
-        captured.append(request)
-        return httpx.Response(200, json=_COMPLETION)
-
-    client = openai.AzureOpenAI(
-        azure_endpoint="https://client.example.com",
-        api_key="k",
-        api_version="2024-10-21",
-        http_client=httpx.Client(transport=httpx.MockTransport(capture)),
-    )
-    client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    return captured[0]
-
-
-def per_request_seconds(
-    rounds: int, calls: int, cases: dict[str, Callable[[], httpx.BaseTransport]]
-) -> dict[str, list[float]]:
-    """Seconds per request of each transport sending the SDK's request, per round, in random order per round."""
-    request = _sdk_request()
-
-    def per_request(transport: httpx.BaseTransport) -> float:
-        started = time.perf_counter()
-        for _ in range(calls):
-            transport.handle_request(request)
-        return (time.perf_counter() - started) / calls
-
-    return interleaved(rounds, {name: make() for name, make in cases.items()}, per_request)
-
-
-def interleaved(rounds: int, subjects: dict[str, T], measure: Callable[[T], float]) -> dict[str, list[float]]:
-    """``measure`` of every subject once as a warm-up, then once per round, in random order per round."""
-    for subject in subjects.values():
-        measure(subject)
-    samples: dict[str, list[float]] = {name: [] for name in subjects}
-    for _ in range(rounds):
-        for name in random.sample(list(subjects), len(subjects)):
-            samples[name].append(measure(subjects[name]))
-    return samples
-
-
 def isolated(rounds: int, calls: int, counts: list[int]) -> dict[str, Any]:
     """The balancing transport over an in-memory inner transport vs that inner transport alone."""
-    cases: dict[str, Callable[[], httpx.BaseTransport]] = {"inner alone": _InMemory}
+    cases: dict[str, Callable[[], httpx.BaseTransport]] = {"inner alone": InMemory}
     for count in counts:
-        cases[f"{count} backends, PTU + spares"] = lambda c=count: _transport(c, tiered=True)
-        cases[f"{count} backends, one tier"] = lambda c=count: _transport(c, tiered=False)
+        cases[f"{count} backends, PTU + spares"] = lambda c=count: balancing(c, tiered=True)
+        cases[f"{count} backends, one tier"] = lambda c=count: balancing(c, tiered=False)
     samples = per_request_seconds(rounds, calls, cases)
     inner = samples["inner alone"]
     return {
@@ -212,7 +147,7 @@ def memory(calls: int, samples: int, deployments: int) -> dict[str, Any]:
         counter += 1
         if counter % 7 == 0:  # a steady trickle of 429s keeps the health store busy
             return httpx.Response(429, headers={"retry-after-ms": "1"}, json={"error": {"code": "429"}})
-        return httpx.Response(200, json=_COMPLETION)
+        return httpx.Response(200, json=COMPLETION)
 
     store = InMemoryHealthStore()
     backends = [Backend(f"https://b{i}.example.com", priority=1 + i % 2) for i in range(3)]
@@ -245,12 +180,3 @@ def memory(calls: int, samples: int, deployments: int) -> dict[str, Any]:
         "health_entries": store.size,
         "health_entries_bound": len(backends) * (deployments + 1),
     }
-
-
-_COMPLETION = {
-    "id": "x",
-    "object": "chat.completion",
-    "created": 0,
-    "model": "gpt-4o",
-    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
-}

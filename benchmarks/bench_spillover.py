@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
+from _measure import MESSAGES
 from _servers import ServerProcess
 from _systems import async_client, sync_client
-from bench_overhead import MESSAGES
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ import random
 import time
 from typing import Any
 
+from _measure import MESSAGES, spread
 from _servers import ServerProcess
 from _systems import sync_client
-from bench_overhead import MESSAGES, _backends, spread
+from bench_overhead import _backends
 
 
 def streaming(rounds: int, chunks: int, delay: float, systems: list[str]) -> dict[str, Any]:

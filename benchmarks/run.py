@@ -2,7 +2,7 @@
 
     python benchmarks/run.py            # the full run (about 12 minutes on 2 cores)
     python benchmarks/run.py --quick    # a smoke run with few rounds (about 4 minutes)
-    python benchmarks/run.py --only fleet   # one benchmark again, into the existing results
+    python benchmarks/run.py --only fleet   # one benchmark again (fleet or affinity), into the existing results
 
 On first use it creates ``benchmarks/.venv`` and installs what the comparison needs there
 (this project with its ``redis`` extra, openai 2.x, openai-priority-loadbalancer 1.1.1, matplotlib);
@@ -87,6 +87,7 @@ def _machine() -> dict[str, Any]:
 def measure(quick: bool, only: str | None = None, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every benchmark; or, with ``only``, that one, put into the ``earlier`` results in place of theirs."""
     sys.path.insert(0, str(HERE))
+    import bench_affinity as affinity
     import bench_fleet
     import bench_health as health
     import bench_overhead as overhead
@@ -101,6 +102,7 @@ def measure(quick: bool, only: str | None = None, earlier: dict[str, Any] | None
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("sdk_sequential", lambda: overhead.sdk_sequential(5 if quick else 15, 100 if quick else 300, systems)),
         ("isolated", lambda: overhead.isolated(5 if quick else 15, 2000 if quick else 20000, [3, 30, 300])),
+        ("affinity", lambda: affinity.affinity(10 if quick else 100)),
         ("async_concurrency", lambda: overhead.async_concurrency(2 if quick else 6, [1, 10, 100, 1000], systems)),
         ("memory", lambda: overhead.memory(10_000 if quick else 100_000, 10, 20)),
         ("health", lambda: health.health(health.CHECKPOINTS[:-1] if quick else health.CHECKPOINTS, 5 if quick else 20)),
@@ -140,7 +142,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
     parser.add_argument(
         "--only",
-        choices=["fleet"],
+        choices=["affinity", "fleet"],
         help="run only this benchmark and put its results into the existing results.json (the rest stay as they were)",
     )
     args = parser.parse_args()

@@ -62,6 +62,11 @@ ROUTES: tuple[Route, ...] = (
 """Every stateful path openai_lb pins; a path not here is balanced like any stateless call."""
 
 _BY_FIRST = {route.collection[0]: route for route in ROUTES}
+# The paths _parsed_route may find a route in: /openai/, then v1/, deployments/{name}/ or neither, then a
+# collection's first segment, whole. More paths than it finds routes in (it reads the rest), never fewer.
+_STATEFUL_PATH = re.compile(
+    rb"/openai/(?:v1/|deployments/[^/]*/)?(?:%b)(?:/|\Z)" % b"|".join(re.escape(first.encode()) for first in _BY_FIRST)
+)
 _MAX_ID = 512
 """Characters; a longer value is not an object id (ids are tens of characters)."""
 _MAX_DEPTH = 32
@@ -92,11 +97,20 @@ class Stateful(NamedTuple):
     """The object a 2xx answer to this request deleted."""
 
 
-def route_of(path: bytes) -> tuple[Route, list[str]] | None:
-    """The route of an SDK path (``/openai/...``, no query) and its segments after the collection.
+def route_of(path: bytes, start: int = 0, end: int | None = None) -> tuple[Route, list[str]] | None:
+    """The route of an SDK path (``/openai/...``, no query: ``path[start:end]``) and its segments after the
+    collection.
 
-    None for a path no route covers, which is every stateless call.
+    None for a path no route covers, which is every stateless call: one regular expression tells those
+    apart, without copying the path.
     """
+    if _STATEFUL_PATH.match(path, start, len(path) if end is None else end) is None:
+        return None
+    return _parsed_route(path[start:end])
+
+
+def _parsed_route(path: bytes) -> tuple[Route, list[str]] | None:
+    """``route_of``, read segment by segment."""
     if not path.startswith(b"/openai/"):
         return None
     start = 8

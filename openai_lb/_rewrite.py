@@ -207,7 +207,7 @@ class RequestTemplate:
         self.deployment: str | None = None
         self.output_tokens: int | None = None
         self.stateful: Stateful | None = None
-        found = route_of(raw_path[at:path_end]) if affinity and at >= 0 else None
+        found = route_of(raw_path, at, path_end) if affinity and at >= 0 else None
         parsed: object = None
         if at >= 0 and raw_path.startswith(_DEPLOYMENTS, at):
             start = at + len(_DEPLOYMENTS)

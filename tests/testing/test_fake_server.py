@@ -605,10 +605,10 @@ def test_hold_stream_sends_the_first_events_then_the_rest_once_released(server: 
 
 def test_an_unreleased_hold_is_cut_after_its_timeout(server: FakeAzureOpenAI) -> None:
     server.script(HoldStream(after=1, timeout=0.2))
+    started = time.perf_counter()  # before the request: the hold's clock starts at the server's first event
     stream = azure_client(server, timeout=5).chat.completions.create(model="gpt-4o", messages=HI, stream=True)
     received: list[str] = []
 
-    started = time.perf_counter()
     with pytest.raises((SDK_HTTP.TransportError, openai.APIConnectionError)):
         received.extend(chunk.choices[0].delta.content or "" for chunk in stream)
 
