@@ -10,6 +10,7 @@ import sys
 import threading
 import types
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from helpers import FakeClock, make_balancer
@@ -43,10 +44,10 @@ from openai_lb._headroom import (
 )
 from openai_lb._health import default_store
 
-PTU = Backend("https://ptu.example.com", priority=1, name="ptu")
-PTU_B = Backend("https://ptu-b.example.com", priority=1, name="ptu-b")
-PAYGO = Backend("https://paygo.example.com", priority=2, name="paygo")
-FAR = Backend("https://far.example.com", priority=3, name="far")
+PTU, PTU_B, PAYGO, FAR = (
+    Backend(f"https://{name}.example.com", priority=priority, name=name)
+    for name, priority in (("ptu", 1), ("ptu-b", 1), ("paygo", 2), ("far", 3))
+)
 
 HEADER_NAMES = (
     "x-ratelimit-remaining-requests",
@@ -558,21 +559,14 @@ def test_a_hundred_threads_never_take_more_than_the_room_there_is(clock: FakeClo
     balancer = make([PTU, PAYGO], clock)
     answer(balancer, PTU, {"x-ratelimit-remaining-tokens": str(10 * COST), "x-ratelimit-remaining-requests": "50"})
     barrier = threading.Barrier(100, timeout=30)
-    chosen: list[str] = []
-    lock = threading.Lock()
 
-    def send() -> None:
+    def send(_: int) -> str:
         call = begin(balancer)
-        barrier.wait()
-        step = attempt(call)
-        with lock:
-            chosen.append(step.backend.name)
+        barrier.wait()  # all 100 choose at once
+        return attempt(call).backend.name
 
-    threads = [threading.Thread(target=send) for _ in range(100)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        chosen = list(pool.map(send, range(100), timeout=60))
     assert len(chosen) == 100, "every thread chose a backend"
     assert chosen.count("ptu") == 10, f"room for exactly 10 on the PTU, {chosen.count('ptu')} went there"
     assert len(slot_of(balancer, PTU).pending) == 10
