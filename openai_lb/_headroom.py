@@ -15,7 +15,10 @@ admitted when the attempt it answered was *sent*; the attempts this process sent
 after that moment) and not yet answered are what it cannot know, so their estimates are reserved
 against it. Each answer brings a newer reading, which then counts the attempts sent before it. A
 reservation ends with its attempt's answer (a stream's too, at its headers: the reading they carry
-counts the request) or with whatever else ends the attempt: an error, a skip, a cancellation.
+counts the request) or with whatever else ends the attempt: an error, a skip, a cancellation. A
+deployment's first attempt opens its slot, so that a burst sent before the first reading arrives
+counts against it; a deployment whose first answer carries none of these headers (a gateway that
+drops them, another service) is silent: nothing is estimated or reserved there until one does.
 
 Provisioned deployments report a utilisation percentage, not tokens. To reserve against it the book
 learns, per deployment, how many percent one token adds: between two readings whose attempts it
