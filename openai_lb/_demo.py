@@ -154,7 +154,9 @@ def run_demo(settings: DemoSettings, view: DemoView | None = None) -> DemoResult
             api_version="2024-10-21",
             max_retries=0,
             health_store=InMemoryHealthStore(),
-            # The fake's answers say how many requests its window has left but not when it refills.
+            # The PTU's answers say when its window refills, which ends a reading of "0 left" there; but a
+            # reading counts for at most the horizon, and the default (1 s), shorter than the demo's window,
+            # would end it before the refill: the next request would learn it from a 429.
             policy=Policy(headroom_horizon=settings.window),
         )
         balancer = client.balancer

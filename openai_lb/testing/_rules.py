@@ -264,11 +264,13 @@ def budgeted(exchange: Exchange, config: Config, state: State, now: float, *, bo
     if config.budget is None:
         return Decision(Response(200, body), replace(state, objects=objects))
     window, wait = spend(state.window, config.budget, config.window, now)
+    # spend() always leaves the window opened: its start is known here.
+    left = (window.start if window.start is not None else now) + config.window - now
     if wait is not None:
         return Decision(
-            rate_limited(exchange, wait, budget_headers(0)), replace(state, window=window), over_budget=True
+            rate_limited(exchange, wait, budget_headers(0, left)), replace(state, window=window), over_budget=True
         )
-    headers = budget_headers(config.budget - window.used)
+    headers = budget_headers(config.budget - window.used, left)
     return Decision(Response(200, body, headers), replace(state, window=window, objects=objects))
 
 
@@ -383,9 +385,20 @@ def authorized(config: Config, headers: Mapping[str, str]) -> bool:
     return config.tokens is not None and scheme.lower() == "bearer" and token.strip() in config.tokens
 
 
-def budget_headers(remaining_requests: int) -> dict[str, str]:
-    """The header of an answer under the resource-wide budget."""
-    return {"x-ratelimit-remaining-requests": str(remaining_requests)}
+def budget_headers(remaining_requests: int, reset: float) -> dict[str, str]:
+    """The headers of an answer under the resource-wide budget: the requests its window has left, and the
+    seconds until that window ends (``reset``), without which a client would take a reading of 0 to hold
+    past the refill.
+
+    Azure sends ``x-ratelimit-reset-*`` as whole seconds; a budget's window is often a second or two long,
+    so the fake keeps the milliseconds (rounded up: never before the refill), in the same plain-number
+    format, which ``openai_lb._headers.parse_reset`` reads.
+    """
+    milliseconds = max(1, math.ceil(round(reset * 1000, 3)))
+    return {
+        "x-ratelimit-remaining-requests": str(remaining_requests),
+        "x-ratelimit-reset-requests": str(milliseconds / 1000),
+    }
 
 
 def headroom_headers(deployment: str, limits: Limits, meter: Meter, now: float) -> dict[str, str]:

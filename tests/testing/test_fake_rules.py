@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from openai_lb._headers import parse_reset
 from openai_lb.testing import CutStream, ObjectIds, Reply, ResetConnection, Stall
 from openai_lb.testing import _objects as objects_module
 from openai_lb.testing._meters import Window, spend
@@ -118,13 +119,33 @@ def test_an_exhausted_budget_is_429_with_retry_after_until_the_window_ends() -> 
     second = decide(request, config, first.state, now=103.0)
 
     assert first.response.status == 200
-    assert first.response.headers == {"x-ratelimit-remaining-requests": "0"}
+    assert first.response.headers == {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "10.0"}
     assert not first.over_budget
     assert error_of(second) == (429, "429")
     assert second.over_budget, "the fake counts budget 429s as rejected"
     assert second.response.headers["retry-after"] == "7", "the window opened at t=100 ends at t=110"
     assert second.response.headers["retry-after-ms"] == "7000"
     assert second.state == first.state, "a rejected request uses nothing"
+
+
+def test_budget_answers_say_when_the_window_refills_so_a_reading_of_0_ends_with_it() -> None:
+    config = Config(budget=2, window=1.5)
+    request = exchange(CHAT, body=chat_body(), prefix="")
+
+    first = decide(request, config, State(), now=100.0)
+    last = decide(request, config, first.state, now=100.4)
+    refused = decide(request, config, last.state, now=100.9)
+    refilled = decide(request, config, refused.state, now=101.5)
+
+    def reading(decision: Decision) -> tuple[str, float | None]:
+        headers = decision.response.headers
+        return headers["x-ratelimit-remaining-requests"], parse_reset(headers["x-ratelimit-reset-requests"])
+
+    assert reading(first) == ("1", 1.5), "the window opened by this request ends 1.5 s later"
+    assert reading(last) == ("0", 1.1), "the last request of the window learns it refills 1.1 s later"
+    assert refused.response.status == 429
+    assert reading(refused) == ("0", 0.6), "a refused request hears the same end of the window"
+    assert reading(refilled) == ("1", 1.5), "a new window: its first request is let in"
 
 
 def test_a_normal_answer_names_server_and_deployment() -> None:
