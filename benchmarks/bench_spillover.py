@@ -13,13 +13,12 @@ import asyncio
 import math
 import random
 import statistics
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import openai
+from _load import paced_tasks, paced_threads
 from _measure import MESSAGES
 from _servers import ServerProcess
 from _systems import async_client, sync_client
@@ -73,46 +72,33 @@ def _drive_async(
 ) -> list[Outcome]:
     """Send the scenario's arrivals from ``start`` (a ``time.monotonic()`` reading; default: in 0.2 s)."""
 
-    async def one(at: float) -> Outcome:
-        await asyncio.sleep(max(0.0, at - time.monotonic()))
-        arrived = time.monotonic()
+    async def send(_: int) -> bool:
         try:
             await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-            ok = True
         except openai.APIError:
-            ok = False
-        return Outcome(arrived, time.monotonic(), ok)
+            return False
+        return True
 
     async def run() -> list[Outcome]:
         begin = time.monotonic() + 0.2 if start is None else start
-        outcomes = await asyncio.gather(*(one(begin + offset) for offset in arrival_times(scenario, seed)))
+        sent = await paced_tasks(begin, arrival_times(scenario, seed), send)
         await client.close()
-        return list(outcomes)
+        return [Outcome(*row) for row in sent]
 
     return asyncio.run(run())
 
 
 def _drive_threads(client: openai.AzureOpenAI, scenario: Scenario) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    lock = threading.Lock()
-
-    def one() -> None:
-        arrived = time.monotonic()
+    def send(_: int) -> bool:
         try:
             client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-            ok = True
         except openai.APIError:
-            ok = False
-        with lock:
-            outcomes.append(Outcome(arrived, time.monotonic(), ok))
+            return False
+        return True
 
-    start = time.monotonic() + 0.2
-    with ThreadPoolExecutor(max_workers=256) as pool:
-        for offset in arrival_times(scenario):
-            time.sleep(max(0.0, start + offset - time.monotonic()))
-            pool.submit(one)
+    sent = paced_threads(time.monotonic() + 0.2, arrival_times(scenario), send)
     client.close()
-    return outcomes
+    return [Outcome(*row) for row in sent]
 
 
 def _percentile(values: list[float], share: float) -> float:
