@@ -67,8 +67,9 @@ class FastServer:
 class ServerProcess:
     """Fake Azure OpenAI servers on 127.0.0.1, served by a child process."""
 
-    def __init__(self, servers: list[dict[str, Any]], *, group: bool = False) -> None:
-        config = json.dumps({"group": group, "servers": servers})
+    def __init__(self, servers: list[dict[str, Any]], *, group: bool = False, sample: float | None = None) -> None:
+        """``sample``: seconds between samples of each server's tokens charged and utilisation (none without)."""
+        config = json.dumps({"group": group, "servers": servers, "sample": sample})
         self._process = subprocess.Popen(
             [sys.executable, str(HERE / "_serve.py"), config],
             stdin=subprocess.PIPE,
