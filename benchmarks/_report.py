@@ -162,6 +162,10 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
             )
         )
     out.append("\n![Requests per second by backend](spillover.png)\n")
+    if "headroom" in results:  # results from before the headroom benchmark have none
+        out.append("\n" + headroom_markdown(results["headroom"]) + "\n![PTU 429s and utilisation](headroom.png)\n")
+    if "headroom_cost" in results:
+        out.append("\n" + headroom_cost_markdown(results["headroom_cost"]))
     if "fleet" in results:  # results from before the fleet benchmark have none
         out.append("\n" + fleet_markdown(results["fleet"]) + "\n![PTU 429s per window by fleet size](fleet.png)\n")
     return "".join(out)
@@ -238,13 +242,115 @@ def fleet_markdown(fleet: dict[str, Any]) -> str:
             f"RedisHealthStore {_range(alone['RedisHealthStore'], '{:.0f}')}; difference paired by round "
             f"{_range(hot['store_calls_redis_minus_memory_ns'], '{:.0f}')}.\n"
         )
-    if "load_average" in fleet:
-        load = fleet["load_average"]
-        out.append(
-            f"\nLoad average of the host as the fleet benchmark ended: {load['1 min']:.1f} (1 min), "
-            f"{load['5 min']:.1f} (5 min), on {load['cores']} cores.\n"
-        )
+    out.append(_load_average(fleet, "the fleet benchmark", "."))
     return "".join(out)
+
+
+def headroom_markdown(section: dict[str, Any]) -> str:
+    """The spill-before-the-429 simulation's section: reactive vs headroom, per driver."""
+    capacity = section["ptu_tokens_per_minute"] / 60
+    out = [
+        "## Spilling before the 429\n\n"
+        + _measured_apart(section)
+        + f"A PTU (provisioned, {capacity:,.0f} tokens/s) at priority 1 and {section['paygos']} pay-as-you-go "
+        f"deployments ({section['paygo_tokens_per_minute'] / 60:,.0f} tokens/s each, 6 requests per minute per "
+        "1,000 tokens) at priority 2, fake servers answering after a simulated network round trip of "
+        f"{section['latency_ms']:g} ms. Chat completions of varied sizes (a prompt of some 600 tokens at the "
+        f"median, log-normal; `max_tokens` from 128 to 4,096; {section['mean_request_tokens']:,.0f} tokens charged "
+        f"on average) arrive open-loop (Poisson) at {section['load']:g} × the PTU's capacity in tokens, "
+        f"{section['requests_per_round']} requests per run; the SDK keeps its default retries. *reactive*: "
+        "`Policy(headroom=False)`, the PTU is left when it answers 429; *headroom*: the default policy (passed "
+        f"over at {section['threshold_percent']:g} % utilisation, readings held {section['horizon_s']:g} s). The "
+        f"fake PTU is a leaky bucket one minute of its capacity deep, so each run starts it at "
+        f"{section['prefill']:.0%} (one request charged that much, straight to it) and measures the "
+        f"{section['measured_s']:g} s after {section['warmup_s']:g} s of load. {section['rounds']} rounds, the four "
+        "runs of a round on the same arrivals in random order.\n\n"
+        "*PTU 429s*: 429s the PTU answered in the measured window. *PTU utilisation*: tokens the PTU admitted "
+        "(charged) in the window / its capacity over the window; above 100 % when its backlog grew in the window, "
+        "below when it shrank, which moves it by some ±6 % in a 7 s window as headroom's level saw-tooths. "
+        "*Processed*: what it drained, i.e. admitted less the backlog's growth, / capacity: 100 % unless it "
+        "was idle. *PTU level*: its utilisation (`azure-openai-deployment-utilization`), mean and lowest in the "
+        "window, sampled every 50 ms. *Added "
+        f"ms*: a request's latency minus the {section['latency_ms']:g} ms round trip, for requests answered by a "
+        "pay-as-you-go deployment (spilled) and by the PTU. Targets: 100 % answered, ≥ 80 % fewer PTU 429s "
+        "with headroom, ≥ 97 % PTU utilisation in both.\n",
+        _table(
+            [
+                "driver",
+                "system",
+                "answered",
+                "PTU 429s",
+                "fewer PTU 429s (paired)",
+                "PTU utilisation",
+                "processed",
+                "PTU level % mean / lowest",
+                "spilled added ms p50",
+                "spilled p99",
+                "PTU-served added ms p50",
+                "PTU passed over",
+            ],
+            [
+                [
+                    row["driver"],
+                    row["system"],
+                    _range(row["answered_share"], "{:.1%}"),
+                    _range(row["ptu_429s"], "{:.0f}"),
+                    _range(row["fewer_ptu_429s_than_reactive"], "{:.0%}")
+                    if row["fewer_ptu_429s_than_reactive"]
+                    else "–",
+                    _range(row["ptu_utilisation"], "{:.1%}"),
+                    _range(row["ptu_processed"], "{:.1%}"),
+                    f"{_range(row['ptu_level_mean'], '{:.1f}')} / {_range(row['ptu_level_min'], '{:.1f}')}",
+                    _range(row["spilled_added_ms_p50"], "{:.1f}") if row["spilled_added_ms_p50"] else "–",
+                    _range(row["spilled_added_ms_p99"], "{:.0f}") if row["spilled_added_ms_p99"] else "–",
+                    _range(row["ptu_added_ms_p50"], "{:.1f}") if row["ptu_added_ms_p50"] else "–",
+                    _range(row["ptu_passed_over"], "{:.0f}"),
+                ]
+                for row in section["summary"]
+            ],
+        ),
+    ]
+    out.append(_load_average(section, "the simulation", ": the latencies move with other work on it."))
+    return "".join(out)
+
+
+def headroom_cost_markdown(section: dict[str, Any]) -> str:
+    """What reading headroom adds to the isolated transport, per kind of answer."""
+    return (
+        "## What headroom costs the isolated transport\n\n"
+        + _measured_apart(section)
+        + "The isolated transport benchmark (3 backends, PTU + spares, a chat completion as the SDK builds it, "
+        "no `max_tokens`) with `Policy(headroom=False)` (*reactive*) and the default policy (*headroom*), over "
+        "an inner transport answering from memory with no headers, with an Azure standard deployment's headers "
+        "(`x-ratelimit-*` and 9 others) or a provisioned one's (its utilisation and the same 9); µs added over "
+        f"that inner transport alone, {section['rounds']} rounds of {section['calls_per_round']:,} requests in "
+        "random order. Target: headroom within 2 µs of reactive.\n"
+        + _table(
+            [
+                "answers",
+                "inner alone µs",
+                "reactive µs added",
+                "headroom µs added",
+                "headroom − reactive µs (paired by round)",
+                "fastest round: inner / reactive / headroom µs",
+            ],
+            [
+                [
+                    answer,
+                    _range(case["inner_us"], "{:.1f}"),
+                    _range(case["added_us"]["reactive"], "{:.1f}"),
+                    _range(case["added_us"]["headroom"], "{:.1f}"),
+                    _range(case["headroom_minus_reactive_us"], "{:.2f}"),
+                    "{:.1f} / {:.1f} / {:.1f}".format(
+                        case["fastest_us"]["inner alone"],
+                        case["fastest_us"]["reactive"],
+                        case["fastest_us"]["headroom"],
+                    ),
+                ]
+                for answer, case in section["answers"].items()
+            ],
+        )
+    )
 
 
 def affinity_markdown(affinity: dict[str, Any]) -> str:
@@ -298,6 +404,17 @@ def affinity_markdown(affinity: dict[str, Any]) -> str:
         + ".\n",
     ]
     return "".join(out)
+
+
+def _load_average(section: dict[str, Any], what: str, end: str) -> str:
+    """The host's load average as ``what`` ended, if the section recorded it (older results did not)."""
+    load = section.get("load_average")
+    if not load:
+        return ""
+    return (
+        f"\nLoad average of the host as {what} ended: {load['1 min']:.1f} (1 min), {load['5 min']:.1f} (5 min), "
+        f"on {load['cores']} cores{end}\n"
+    )
 
 
 def _measured_apart(section: dict[str, Any]) -> str:
@@ -395,6 +512,65 @@ def plot_fleet(results: dict[str, Any], path: Path) -> None:
     fig.suptitle(
         f"Fleet sharing a PTU ({fleet['ptu_budget']} per {fleet['window']:g} s window), "
         f"{fleet['rate']:g} requests/s offered: in-memory state vs Redis"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_headroom(results: dict[str, Any], path: Path) -> None:
+    """The PTU's utilisation over one round's runs, and its 429s and utilisation per run, reactive vs headroom."""
+    section = results.get("headroom")
+    if not section:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (timeline, errors, used) = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    colours = {"reactive": "tab:red", "headroom": "tab:blue"}
+    styles = {"asyncio": "-", "threads": ":"}
+    for run in (r for r in section["runs"] if "timeline" in r):
+        points = run["timeline"]["utilisation"]
+        timeline.plot(
+            [t for t, _ in points],
+            [u for _, u in points],
+            styles[run["driver"]],
+            color=colours[run["system"]],
+            label=f"{run['system']}, {run['driver']}",
+        )
+    begin = section["warmup_s"]
+    timeline.axvspan(begin, begin + section["measured_s"], color="grey", alpha=0.1, label="measured window")
+    timeline.axhline(100, color="black", linewidth=0.8)
+    timeline.axhline(section["threshold_percent"], color="tab:blue", linewidth=0.8, linestyle="--")
+    timeline.set_xlim(left=0)
+    timeline.set_ylim(85, 102)
+    timeline.set_xlabel("seconds since the load began (round 1)")
+    timeline.set_ylabel("PTU utilisation reading %")
+    timeline.set_title("the PTU's level: 429 from 100 %, headroom's threshold dashed")
+    timeline.legend(fontsize="small", loc="lower right")
+    rows = section["summary"]
+    labels = [f"{row['system']}\n{row['driver']}" for row in rows]
+    for axis, key, scale, title in (
+        (errors, "ptu_429s", 1.0, f"PTU 429s in the {section['measured_s']:g} s window"),
+        (used, "ptu_utilisation", 100.0, "PTU utilisation % (admitted / capacity)"),
+    ):
+        stats = [row[key] for row in rows]
+        axis.bar(
+            labels,
+            [s["median"] * scale for s in stats],
+            yerr=[[(s["median"] - s["min"]) * scale for s in stats], [(s["max"] - s["median"]) * scale for s in stats]],
+            color=[colours[row["system"]] for row in rows],
+            capsize=3,
+        )
+        axis.set_title(title + "\nmedian over rounds, bars min–max", fontsize="medium")
+        axis.tick_params(axis="x", labelsize="small")
+        axis.grid(alpha=0.3, axis="y")
+    used.axhline(97, color="black", linewidth=0.8, linestyle="--")
+    used.set_ylim(80, 110)
+    fig.suptitle(
+        f"Spilling before the 429: PTU of {section['ptu_tokens_per_minute'] / 60:,.0f} tokens/s, "
+        f"{section['load']:g} × its capacity offered, {section['latency_ms']:g} ms round trips"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -2,10 +2,11 @@
 
     python benchmarks/run.py            # the full run (about 12 minutes on 2 cores)
     python benchmarks/run.py --quick    # a smoke run with few rounds (about 4 minutes)
-    python benchmarks/run.py --only fleet   # one benchmark again (fleet or affinity), into the existing results
+    python benchmarks/run.py --only fleet   # one benchmark again, into the existing results
+    python benchmarks/run.py --only headroom headroom_cost   # spilling before the 429 and what it costs
 
 On first use it creates ``benchmarks/.venv`` and installs what the comparison needs there
-(this project with its ``redis`` extra, openai 2.x, openai-priority-loadbalancer 1.1.1, matplotlib);
+(this project with its ``redis`` extra, openai 2.x, openai-priority-loadbalancer 1.1.1, matplotlib, uvicorn);
 the project's own environment is left alone. The fleet benchmark also needs ``redis-server`` on
 PATH. All traffic goes to fake servers and a redis-server on 127.0.0.1.
 """
@@ -84,11 +85,12 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def measure(quick: bool, only: str | None = None, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every benchmark; or, with ``only``, that one, put into the ``earlier`` results in place of theirs."""
+def measure(quick: bool, only: list[str] | None = None, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every benchmark; or, with ``only``, those, put into the ``earlier`` results in place of theirs."""
     sys.path.insert(0, str(HERE))
     import bench_affinity as affinity
     import bench_fleet
+    import bench_headroom as headroom
     import bench_health as health
     import bench_overhead as overhead
     import bench_spillover as spillover
@@ -114,10 +116,12 @@ def measure(quick: bool, only: str | None = None, earlier: dict[str, Any] | None
             steps.append(
                 (f"spillover/{scenario.name}/{driver}/{system}", partial(spillover.simulate, scenario, system, driver))
             )
+    steps.append(("headroom", lambda: headroom.simulate(1 if quick else 3)))
+    steps.append(("headroom_cost", lambda: headroom.cost(5 if quick else 30, 1000)))
     steps.append(("fleet", lambda: bench_fleet.fleet(quick)))
     if only is not None:
         assert earlier is not None
-        steps = [(name, step) for name, step in steps if name == only]
+        steps = [(name, step) for name, step in steps if name in only]
         results = earlier
     for name, step in steps:
         started = time.monotonic()
@@ -142,8 +146,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
     parser.add_argument(
         "--only",
-        choices=["affinity", "fleet"],
-        help="run only this benchmark and put its results into the existing results.json (the rest stay as they were)",
+        nargs="+",
+        choices=["affinity", "fleet", "headroom", "headroom_cost"],
+        help="run only these benchmarks and put their results into the existing results.json (the rest stay as "
+        "they were)",
     )
     args = parser.parse_args()
     if os.environ.get("OPENAI_LB_BENCH_INSIDE") != "1":
@@ -162,6 +168,7 @@ def main() -> int:
 
     _report.plot(results, args.out / "spillover.png")
     _report.plot_fleet(results, args.out / "fleet.png")
+    _report.plot_headroom(results, args.out / "headroom.png")
     (args.out / "results.md").write_text(
         # Older results name no command: only --quick told runs apart then.
         _report.markdown(
@@ -169,7 +176,7 @@ def main() -> int:
             command=results.get("command", "python benchmarks/run.py" + (" --quick" if results["quick"] else "")),
         )
     )
-    print(f"wrote {args.out / 'results.md'}, results.json, spillover.png and fleet.png")
+    print(f"wrote {args.out / 'results.md'}, results.json, spillover.png, fleet.png and headroom.png")
     return 0
 
 
