@@ -266,6 +266,43 @@ def test_the_book_follows_the_store() -> None:
     assert len(book_for(default_store())) == 0, "reset_state forgets the process-wide readings too"
 
 
+class _SlottedStore:
+    """A health store of the user's own, as the ``HealthStore`` protocol allows: no ``__weakref__`` slot."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self) -> None:
+        self._inner = InMemoryHealthStore()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+class _UnhashableStore(_SlottedStore):
+    """A store that compares by value, so cannot be a dictionary key (a dataclass with eq=True, say)."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _UnhashableStore)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="book_for keys a WeakKeyDictionary by the store: a HealthStore that cannot be weakly referenced or "
+    "hashed makes every Balancer with Policy(headroom=True), the default, raise TypeError",
+)
+@pytest.mark.parametrize("store_type", [_SlottedStore, _UnhashableStore], ids=["no-weakref", "unhashable"])
+def test_a_health_store_of_the_users_own_that_cannot_be_a_weak_key_still_makes_a_balancer(
+    clock: FakeClock, store_type: type[_SlottedStore]
+) -> None:
+    store: object = store_type()
+    balancer = Balancer([PTU, PAYGO], store=store, clock=clock, wall_clock=clock.wall)  # type: ignore[arg-type]
+    assert balancer.book is not None, "headroom is on by default: the balancer has a book of its own"
+    assert isinstance(balancer.begin("gpt-4o", None, BODY).next(), Attempt)
+
+
 # -- the estimate
 
 
