@@ -43,6 +43,9 @@ from openai_lb._headroom import (
     tiktoken_counter,
 )
 from openai_lb._health import default_store
+from openai_lb._rewrite import RequestTemplate, lowered
+
+JSON_HEADERS = lowered([(b"content-type", b"application/json")])
 
 PTU, PTU_B, PAYGO, FAR = (
     Backend(f"https://{name}.example.com", priority=priority, name=name)
@@ -649,6 +652,25 @@ def test_the_utilisation_rate_is_learned_and_reserved_against(clock: FakeClock) 
     # 51.1 % now; each request adds 1.1 %: 39 fit below 95 %, the 40th would reach it.
     chosen = [attempt(begin(balancer)).backend.name for _ in range(41)]
     assert chosen.count("ptu") == 39, f"{chosen.count('ptu')} went to the PTU"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="output_tokens takes any size of integer from a parsed body (the byte search stops at 12 digits): a "
+    "max_tokens of hundreds of digits overflows the float arithmetic of a PTU's utilisation rate, and next() "
+    "raises OverflowError instead of sending the request (Azure would answer it with a 400)",
+)
+def test_an_output_limit_too_large_for_a_float_never_makes_a_call_raise(clock: FakeClock) -> None:
+    balancer = make([PTU, PAYGO], clock)
+    answer(balancer, PTU, {"azure-openai-deployment-utilization": "40%"})
+    for value in ("50%", "51%"):
+        answer_chosen(balancer, PTU, {"azure-openai-deployment-utilization": value})
+    assert slot_of(balancer, PTU).rate is not None, "the PTU has learned how much a token adds"
+    body = b'{"model": "gpt-4o", "max_tokens": 1' + b"0" * 400 + b', "messages": []}'
+    template = RequestTemplate(b"/openai/v1/chat/completions", JSON_HEADERS, body)
+    call = balancer.begin(template.deployment, None, template.body, template.output_tokens)
+    step = attempt(call)
+    assert call.report(step, 400, {}, None, raw({"azure-openai-deployment-utilization": "52%"}))
 
 
 def test_a_utilisation_that_fell_teaches_no_rate(clock: FakeClock) -> None:
