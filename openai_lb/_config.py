@@ -289,9 +289,11 @@ class Policy:
     """Move a request whose prompt exceeds a deployment's context window (400 ``context_length_exceeded``)
     to the next backend not tried yet, without cooling anything; the caller gets the last such 400."""
     headroom: bool = True
-    """Read each answer's rate-limit headers and pass over, inside a tier, a backend whose known headroom
-    cannot fit the request (its estimate plus the requests in flight there); nothing cools. When every
-    backend would be passed over, they are tried in the usual order. False: answers' headers are not read."""
+    """Read each answer's rate-limit headers and pass over a backend whose known headroom cannot fit the
+    request (its estimate plus the requests in flight there) for another of its tier, or of the next tier
+    when none of its tier can; nothing cools. When every backend would be passed over, they are tried in
+    the usual order. False: the rate-limit headers are not read (Azure's spillover headers still are, for a
+    backend with a ``spillover_deployment``)."""
     headroom_horizon: float = 1.0
     """Seconds a reading counts after its answer (less when its ``x-ratelimit-reset-*`` says sooner). A
     backend passed over sends no new readings, so this is also how long a full one is left alone."""

@@ -706,7 +706,7 @@ def _parse(raw: Any) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
     if not isinstance(value, dict) or value.get("v") != VERSION or not isinstance(value.get("by"), str):
         return None

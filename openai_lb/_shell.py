@@ -257,14 +257,14 @@ class BalancingShell:
         return head, framing, framing.media_type == JSON or call.needs_body(status)
 
     def _check_whole(self, response: Any, framing: Framing, body: bytes | None) -> None:
-        """A JSON answer framed only by the connection closing must parse, or it was cut: fail over."""
+        """A JSON answer framed only by the connection closing must parse, or it was cut: fail over (the loop
+        closes the answer, in its own I/O style: a sync close of an async answer raises)."""
         if (
             body is not None
             and framing.media_type == JSON
             and framing.close_delimited(response.http_version)
             and not json_complete(body)
         ):
-            response.close()
             raise self._stack.module.RemoteProtocolError("the answer ended before its JSON did (connection cut)")
 
     def _timed_out(self, limit: float) -> BaseException:

@@ -16,9 +16,10 @@ client = AzureOpenAI(
 ```
 
 Metrics (meter ``openai_lb``): ``openai_lb.attempt.duration`` (its count is the attempts by
-backend and outcome; ``openai_lb.spilled_to`` names the deployment Azure spilled an answered
-request to), ``openai_lb.active_attempts``, ``openai_lb.available_backends``,
-``openai_lb.cooldowns`` and ``openai_lb.passed_over`` (backends passed over for headroom).
+backend and outcome; ``openai_lb.affinity`` says when a request went to the holder of its objects
+or looked for it, ``openai_lb.spilled_to`` names the deployment Azure spilled an answered request
+to), ``openai_lb.active_attempts``, ``openai_lb.available_backends``, ``openai_lb.cooldowns`` and
+``openai_lb.passed_over`` (backends passed over for headroom).
 On the span around the SDK call, when it is recording: an ``openai_lb.attempt`` event per
 attempt, an ``openai_lb.all_backends_cooling`` event, and the attributes ``openai_lb.backend``
 (who answered) and ``openai_lb.failovers``. No attribute ever holds a credential: backends are

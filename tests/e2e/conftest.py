@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import random
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import openai
 import pytest
+from e2e_helpers import Balanced, Recorder, balancer_of
 from helpers import FakeClock
 
 import openai_lb
@@ -17,6 +19,8 @@ from openai_lb._stacks import HttpStack
 API_VERSION = "2024-10-21"
 CLIENT_KEY = "client-key"
 LEGACY_HTTPX = os.environ.get("OPENAI_LB_TEST_HTTP_STACK") == "httpx"
+SEED = 20261211
+"""Seeds the weighted picks of ``balanced_over``'s balancers, so which backend a call lands on is the same every run."""
 
 ClientFactory = Callable[..., Any]
 
@@ -64,3 +68,28 @@ def balanced(transport_cls: type[Any], stack: HttpStack) -> Iterator[ClientFacto
     for client in clients:
         if isinstance(client, openai.AzureOpenAI):
             client.close()
+
+
+@pytest.fixture(params=[False, True], ids=["sync", "async"])
+def is_async(request: pytest.FixtureRequest) -> bool:
+    flag: bool = request.param
+    return flag
+
+
+@pytest.fixture
+async def balanced_over(balanced: ClientFactory, is_async: bool) -> AsyncIterator[Callable[..., Balanced]]:
+    """Build a sync or async balanced client (``is_async``) with a recorder hook (before ``hooks``) and a seeded
+    pick; the async ones are closed after the test."""
+    made: list[Any] = []
+
+    def make(backends: list[Backend], *, hooks: tuple[Any, ...] = (), **kwargs: Any) -> Balanced:
+        events = Recorder()
+        client = balanced(backends, is_async=is_async, on_event=[events, *hooks], **kwargs)
+        balancer_of(client).rng = random.Random(SEED)
+        made.append(client)
+        return Balanced(client, events)
+
+    yield make
+    if is_async:
+        for client in made:
+            await client.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from openai_lb import Balancer, Event
+from openai_lb import AttemptStarted, Balancer, Event
 
 E = TypeVar("E", bound=Event)
 
@@ -13,6 +15,12 @@ E = TypeVar("E", bound=Event)
 def chat(client: Any, model: str = "gpt-4o") -> Any:
     """One chat completion; returns the raw response (headers) and the parsed completion."""
     return client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "hi"}])
+
+
+async def done(value: Any) -> Any:
+    """What an SDK call gave: awaited for an async client, as it is for a sync one (a sync call blocks
+    the event loop meanwhile, which the fake servers, in threads of their own, do not mind)."""
+    return await value if inspect.isawaitable(value) else value
 
 
 def content(raw: Any) -> str:
@@ -54,3 +62,15 @@ class Recorder:
 
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
+
+
+@dataclass
+class Balanced:
+    """A balanced SDK client (sync or async) and every event its balancer announced."""
+
+    client: Any
+    events: Recorder
+
+    def routes(self) -> list[tuple[str, str | None]]:
+        """(backend, affinity) of every attempt, in order."""
+        return [(event.backend, event.affinity) for event in self.events.of(AttemptStarted)]

@@ -98,6 +98,24 @@ def test_a_json_answer_cut_by_a_closed_connection_fails_over(servers, balanced, 
     assert ptu_status.last_failure == "RemoteProtocolError"
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("after", [0, 1], ids=["before-any-byte", "midway"])
+async def test_a_json_answer_cut_by_a_closed_connection_fails_over_for_async_clients_too(
+    servers, balanced, after: int
+) -> None:
+    ptu, paygo = servers("ptu"), servers("paygo")
+    ptu.script(CutStream(after=after, framing="close"))
+    client = balanced(
+        [Backend(ptu.url, priority=1, name="ptu"), Backend(paygo.url, priority=2, name="paygo")], is_async=True
+    )
+    with anyio.fail_after(10):
+        answer = await client.embeddings.with_raw_response.create(model="gpt-4o", input="hi")
+    assert answer.headers["x-openai-lb-backend"] == "paygo", "a truncated JSON body must fail over, not raise"
+    ptu_status = statuses(client)["ptu"]
+    assert (ptu_status.failures, ptu_status.last_failure) == (1, "RemoteProtocolError"), ptu_status
+    await client.close()
+
+
 @pytest.mark.parametrize("after", [0, 2], ids=["before-any-byte", "midway"])
 def test_an_event_stream_cut_by_a_closed_connection_raises_instead_of_ending_clean(
     servers, balanced, after: int

@@ -1,24 +1,20 @@
 """Stateful APIs follow their objects, through the real SDK against fake Azure OpenAI servers on 127.0.0.1.
 
-Every test runs with a sync and an async client. Its body is written once, as a coroutine:
-`done` awaits what an async client's call returns and passes a sync client's answer through
-(a sync call blocks the event loop meanwhile, which the servers, in threads of their own,
-do not mind). Each fake server keeps its own objects, as Azure resources do, so a call that
-lands on the wrong backend fails the way it would in production.
+Every test runs with a sync and an async client (``balanced_over``, tests/e2e/conftest.py). Its
+body is written once, as a coroutine: `done` awaits what an async client's call returns and
+passes a sync client's answer through. Each fake server keeps its own objects, as Azure
+resources do, so a call that lands on the wrong backend fails the way it would in production.
 """
 
 from __future__ import annotations
 
-import inspect
-import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import openai
 import pytest
-from e2e_helpers import Recorder, balancer_of, statuses
+from e2e_helpers import Recorder, done, statuses
 
 import openai_lb
 from openai_lb import (
@@ -37,21 +33,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 # A plain SDK client's settings; the balanced ones come from the balanced fixture.
 PLAIN = {"api_key": "client-key", "api_version": "2024-10-21"}
-SEED = 20261211
-"""Seeds the balancers' weighted picks, so which backend a balanced call lands on is the same every run."""
 TURNS = 10
 BATCH_LINE = b'{"custom_id": "1", "method": "POST", "url": "/chat/completions", "body": {"model": "gpt-4o"}}\n'
-
-
-@pytest.fixture(params=[False, True], ids=["sync", "async"])
-def is_async(request: pytest.FixtureRequest) -> bool:
-    flag: bool = request.param
-    return flag
-
-
-async def done(value: Any) -> Any:
-    """What an SDK call gave: awaited for an async client, as it is for a sync one."""
-    return await value if inspect.isawaitable(value) else value
 
 
 async def events_of(stream: Any) -> AsyncIterator[Any]:
@@ -62,36 +45,6 @@ async def events_of(stream: Any) -> AsyncIterator[Any]:
     else:
         for event in stream:
             yield event
-
-
-@dataclass
-class Balanced:
-    """A balanced SDK client and every event its balancer announced."""
-
-    client: Any
-    events: Recorder
-
-    def routes(self) -> list[tuple[str, str | None]]:
-        """(backend, affinity) of every attempt, in order."""
-        return [(event.backend, event.affinity) for event in self.events.of(AttemptStarted)]
-
-
-@pytest.fixture
-async def balanced_over(balanced: Callable[..., Any], is_async: bool) -> AsyncIterator[Callable[..., Balanced]]:
-    """Build a sync or async balanced client (``is_async``) with a recorder hook and a seeded pick."""
-    made: list[Any] = []
-
-    def make(backends: list[Backend], **kwargs: Any) -> Balanced:
-        events = Recorder()
-        client = balanced(backends, is_async=is_async, on_event=events, **kwargs)
-        balancer_of(client).rng = random.Random(SEED)
-        made.append(client)
-        return Balanced(client, events)
-
-    yield make
-    if is_async:
-        for client in made:
-            await client.close()
 
 
 @pytest.fixture

@@ -223,6 +223,22 @@ def test_malformed_and_foreign_values_in_the_namespace_are_ignored_and_counted(r
     wait_until(lambda: one.blocked(A, "gpt-4o", now()) is not None, what="the store still working")
 
 
+def test_a_value_nested_deeper_than_the_parser_goes_is_ignored_and_the_store_stays_connected(
+    redis_store: Make,
+) -> None:
+    one = redis_store()
+    connected(one)
+    deep = "[" * 10_000 + "]" * 10_000
+    one._client.publish(one.channel, deep)
+    one._client.set(f"{one.namespace}:v1:block:deep", deep)
+    wait_until(lambda: one.ignored == 1, what="the deep published value ignored")
+    late = redis_store()
+    connected(late)
+    assert late.ignored == 1, "the deep stored value was not ignored on resync"
+    late.block(A, "gpt-4o", now() + 30, "rate_limited")
+    wait_until(lambda: one.blocked(A, "gpt-4o", now()) is not None, what="the fleet still sharing cooldowns")
+
+
 def test_close_writes_what_is_queued(redis_store: Make) -> None:
     one = redis_store()
     connected(one)

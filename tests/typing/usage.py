@@ -55,11 +55,16 @@ transport = openai_lb.HTTPX2Transport(backends)
 legacy = openai_lb.HTTPXTransport(backends, policy=Policy())
 spilling = Policy(headroom=True, headroom_horizon=2.0, headroom_utilization=90.0, headroom_output_tokens=500)
 exact = Policy(headroom_tokenizer="o200k_base")
+stateful = Policy(affinity=True, affinity_capacity=10_000, affinity_ttl=86_400.0, context_failover=False)
+store.remember(["resp_1"], "https://a.openai.azure.com", 60.0, 10_000)
+holder: str | None = store.owner("resp_1", 0.0)
+store.forget("resp_1")
 header: str = openai_lb.BACKEND_HEADER
 balancer: openai_lb.Balancer | None = AzureOpenAI(backends=backends, api_key="k", api_version="v").balancer
 statuses: tuple[openai_lb.BackendStatus, ...] = balancer.status() if balancer is not None else ()
 state: openai_lb.BackendState = statuses[0].state if statuses else "available"
 full_and_spilled: tuple[int, int] = (statuses[0].passed_over, statuses[0].spilled) if statuses else (0, 0)
+pinned_and_discovered: tuple[int, int] = (statuses[0].pinned, statuses[0].discovered) if statuses else (0, 0)
 
 
 def on_attempt(event: openai_lb.Event) -> None:
@@ -72,6 +77,12 @@ def on_attempt(event: openai_lb.Event) -> None:
     if isinstance(event, openai_lb.AttemptStarted) and event.passed_over:
         full: tuple[str, ...] = event.passed_over
         print(full)
+    if isinstance(event, (openai_lb.AttemptStarted, openai_lb.AttemptFinished)) and event.affinity is not None:
+        why: openai_lb.Affinity = event.affinity
+        print(why)
+    if isinstance(event, openai_lb.OwnerDiscovered):
+        ids: tuple[str, ...] = event.object_ids
+        print(event.backend, event.url, ids, event.attempts)
 
 
 class CountCooldowns:
