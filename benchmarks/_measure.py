@@ -109,3 +109,49 @@ def per_request_seconds(
         return (time.perf_counter() - started) / calls
 
     return interleaved(rounds, {name: make() for name, make in cases.items()}, per_request)
+
+
+def paired(samples: dict[str, list[float]], scale: float) -> dict[str, dict[str, float]]:
+    """Off and on, scaled; their difference and ratio paired by round; and each one's fastest round (the
+    least disturbed by other work on the host)."""
+    off, on = samples["off"], samples["on"]
+    return {
+        "off": spread([v * scale for v in off]),
+        "on": spread([v * scale for v in on]),
+        "on_minus_off": spread([(n - f) * scale for n, f in zip(on, off, strict=True)]),
+        "on_over_off": spread([n / f for n, f in zip(on, off, strict=True)]),
+        "fastest": {"off": min(off) * scale, "on": min(on) * scale},
+    }
+
+
+def timed(
+    rounds: int, groups: dict[str, dict[str, Callable[[], object]]], seconds: float
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, list[float]]]]:
+    """Seconds per call of each step of each group, once per round after a warm-up: the groups in random
+    order, a group's steps one right after the other (in random order), so that what disturbs one of them
+    disturbs its neighbours alike. Each measurement makes as many calls as took about ``seconds`` at first;
+    also those numbers of calls."""
+    calls = {group: {name: _calls(step, seconds) for name, step in steps.items()} for group, steps in groups.items()}
+    samples: dict[str, dict[str, list[float]]] = {
+        group: {name: [] for name in steps} for group, steps in groups.items()
+    }
+    for round_ in range(rounds + 1):
+        for group in random.sample(list(groups), len(groups)):
+            steps = groups[group]
+            for name in random.sample(list(steps), len(steps)):
+                step, count = steps[name], calls[group][name]
+                started = time.perf_counter()
+                for _ in range(count):
+                    step()
+                if round_:  # round 0 warms up
+                    samples[group][name].append((time.perf_counter() - started) / count)
+    return calls, samples
+
+
+def _calls(step: Callable[[], object], seconds: float) -> int:
+    """How many calls of ``step`` take about ``seconds``."""
+    step()
+    started = time.perf_counter()
+    for _ in range(5):
+        step()
+    return max(5, round(seconds * 5 / (time.perf_counter() - started)))

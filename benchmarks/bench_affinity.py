@@ -12,15 +12,13 @@ preferred backend. A create's answer names a new response each time, whose holde
 from __future__ import annotations
 
 import json
-import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import httpx
-from _measure import COMPLETION, InMemory, balancing, sdk_request, spread
+from _measure import COMPLETION, InMemory, balancing, paired, sdk_request, spread, timed
 
 import openai_lb
 from openai_lb import InMemoryHealthStore, Policy
@@ -156,13 +154,13 @@ def affinity(rounds: int, seconds: float = 0.01) -> dict[str, Any]:
             transport = _subject(case, switch)
             _check(name, case, transport, switch)
             pairs[name][_SWITCH[switch]] = partial(transport.handle_request, case.request)
-    calls, samples = _timed(rounds, pairs, seconds)
+    calls, samples = timed(rounds, pairs, seconds)
     return {
         "rounds": rounds,
         "target_us": TARGET_US,
         "cases": {
             name: {"calls_per_round": calls[name]["off"], "pinned": case.pinned, "creates": case.creates}
-            | _paired(samples[name], 1e6)
+            | paired(samples[name], 1e6)
             for name, case in chosen.items()
         },
         "template_ns": template_alone(rounds, [chosen[name].request for name in list(chosen)[:2]], seconds),
@@ -182,8 +180,8 @@ def template_alone(rounds: int, requests: list[httpx.Request], seconds: float) -
             )
             for switch in (False, True)
         }
-    _, samples = _timed(rounds, pairs, seconds)
-    return {path: _paired(pair, 1e9) for path, pair in samples.items()}
+    _, samples = timed(rounds, pairs, seconds)
+    return {path: paired(pair, 1e9) for path, pair in samples.items()}
 
 
 def created_id_alone(rounds: int, seconds: float) -> dict[str, dict[str, float]]:
@@ -197,54 +195,8 @@ def created_id_alone(rounds: int, seconds: float) -> dict[str, dict[str, float]]
         f"created_id, {len(big):,} B answer": partial(created_id, ("id",), big),
         f"json.loads of the {len(big):,} B answer": partial(json.loads, big),
     }
-    _, samples = _timed(rounds, {"": steps}, seconds)
+    _, samples = timed(rounds, {"": steps}, seconds)
     return {name: spread([v * 1e9 for v in values]) for name, values in samples[""].items()}
 
 
 _SWITCH = {False: "off", True: "on"}
-
-
-def _paired(samples: dict[str, list[float]], scale: float) -> dict[str, dict[str, float]]:
-    """Off and on, scaled; their difference and ratio paired by round; and each one's fastest round (the
-    least disturbed by other work on the host)."""
-    off, on = samples["off"], samples["on"]
-    return {
-        "off": spread([v * scale for v in off]),
-        "on": spread([v * scale for v in on]),
-        "on_minus_off": spread([(n - f) * scale for n, f in zip(on, off, strict=True)]),
-        "on_over_off": spread([n / f for n, f in zip(on, off, strict=True)]),
-        "fastest": {"off": min(off) * scale, "on": min(on) * scale},
-    }
-
-
-def _timed(
-    rounds: int, groups: dict[str, dict[str, Callable[[], object]]], seconds: float
-) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, list[float]]]]:
-    """Seconds per call of each step of each group, once per round after a warm-up: the groups in random
-    order, a group's steps one right after the other (in random order), so that what disturbs one of them
-    disturbs its neighbours alike. Each measurement makes as many calls as took about ``seconds`` at first;
-    also those numbers of calls."""
-    calls = {group: {name: _calls(step, seconds) for name, step in steps.items()} for group, steps in groups.items()}
-    samples: dict[str, dict[str, list[float]]] = {
-        group: {name: [] for name in steps} for group, steps in groups.items()
-    }
-    for round_ in range(rounds + 1):
-        for group in random.sample(list(groups), len(groups)):
-            steps = groups[group]
-            for name in random.sample(list(steps), len(steps)):
-                step, count = steps[name], calls[group][name]
-                started = time.perf_counter()
-                for _ in range(count):
-                    step()
-                if round_:  # round 0 warms up
-                    samples[group][name].append((time.perf_counter() - started) / count)
-    return calls, samples
-
-
-def _calls(step: Callable[[], object], seconds: float) -> int:
-    """How many calls of ``step`` take about ``seconds``."""
-    step()
-    started = time.perf_counter()
-    for _ in range(5):
-        step()
-    return max(5, round(seconds * 5 / (time.perf_counter() - started)))

@@ -357,14 +357,14 @@ class Call:
         passed: list[Backend] = []
         tier = first
         while tier:
-            left = list(tier)
+            left = tier
             while left:
                 backend = left[0] if len(left) == 1 else self._pick(left)
                 if self._reserve(book, backend, now, check):
                     if passed:
                         self._balancer.stats.passed_over([b.key for b in passed])
                     return backend, tuple(passed)
-                left.remove(backend)
+                left = [b for b in left if b is not backend]  # a new list: ``first`` is the fallback's
                 passed.append(backend)
             tier, after = self._tier(after, now)
         # Every backend would be passed over: never a 429 on an estimate alone, the usual order instead.
@@ -401,7 +401,9 @@ class Call:
             assert book is not None, "only a balancer with a book reserves"
             book.release(*hold)
 
-    def _settle(self, attempt: Attempt, status: int, raw: Sequence[tuple[bytes, bytes, bytes]]) -> Signals | None:
+    def _settle(
+        self, attempt: Attempt, status: int, named: Mapping[bytes, bytes] | None, now: float
+    ) -> Signals | None:
         """End the attempt's reservation and keep the reading its answer brings; the answer's ``Signals``.
 
         A 429 or a failover status says nothing of the room left (the cooldown or the breaker speaks), and a
@@ -410,7 +412,7 @@ class Call:
         balancer = self._balancer
         if not balancer._reads:  # headroom off, and no backend asks Azure to spill: nothing held, nothing read
             return None
-        signals = read_signals(raw) if raw else None
+        signals = read_signals(named) if named else None
         hold = self._hold
         book = balancer.book
         if book is None or (signals is None and hold is None):  # nothing reserved, nothing to read
@@ -422,9 +424,7 @@ class Call:
                 book.release(*hold)
         elif signals is not None and signals.has_room:
             horizon = balancer.policy.headroom_horizon
-            book.record(
-                key, deployment, hold, signals, sent=attempt.started, received=balancer.clock(), horizon=horizon
-            )
+            book.record(key, deployment, hold, signals, sent=attempt.started, received=now, horizon=horizon)
         elif hold is not None:  # without one, nothing was reserved: a silent deployment, or none sent a reading
             book.hush(key, deployment, hold)
         return signals
@@ -448,18 +448,18 @@ class Call:
         status: int,
         headers: Mapping[str, str],
         body: bytes | None,
-        raw: Sequence[tuple[bytes, bytes, bytes]] = (),
+        named: Mapping[bytes, bytes] | None = None,
     ) -> bool:
         """Learn from an HTTP answer; True means hand it to the caller, False means fail over.
 
-        ``raw`` is the answer's headers as (name, lowercased name, value) triples: the headroom and
-        spillover headers are read from them in one pass."""
-        signals = self._settle(attempt, status, raw)
+        ``named`` is the answer's headers by lowercased name (``_rewrite.by_name``): the headroom and
+        spillover headers are looked up there."""
         balancer = self._balancer
+        now = balancer.clock()
+        signals = self._settle(attempt, status, named, now)
         backend = attempt.backend
         slot = attempt.deployment or ""
         if status == 429:
-            now = balancer.clock()
             found = cooldown_from_headers(headers, wall_now=balancer.wall_clock())
             seconds, source = found if found is not None else (balancer.policy.default_cooldown, None)
             seconds = min(seconds, balancer.policy.max_cooldown)
@@ -468,7 +468,6 @@ class Call:
             self._cooled(attempt, "rate_limited", seconds, source, now)
             return False
         if status == 404 and _is_deployment_not_found(body):
-            now = balancer.clock()
             balancer.store.block(backend.key, slot, now + balancer.policy.max_cooldown, "deployment_missing")
             balancer.stats.failed(backend.key, "DeploymentNotFound", balancer.wall_clock())
             self._cooled(attempt, "deployment_missing", balancer.policy.max_cooldown, None, now)
@@ -488,7 +487,6 @@ class Call:
         if status in balancer.policy.failover_statuses:
             self._trip(attempt, f"HTTP {status}", status)
             return False
-        now = balancer.clock()
         recovered = balancer.store.count_success(backend.key, slot, now)
         spilled_to = None
         if signals is not None and signals.spilled_from is not None:

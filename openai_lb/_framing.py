@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import NamedTuple
 
 __all__ = ["EVENT_STREAM", "JSON", "EventStreamEnd", "Framing", "framing_of", "has_terminal_event", "json_complete"]
@@ -20,13 +20,12 @@ _TERMINAL = re.compile(rb"data: ?\[DONE\]|event: ?(?:response\.(?:completed|fail
 # Enough of the previous chunk to find a marker split across two chunks.
 _OVERLAP = 48
 _EVENT_END = (b"\n\n", b"\r\n\r\n", b"\r\r")
-_LENGTHS = (b"content-length", b"transfer-encoding")
 JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"
 
 
 class Framing(NamedTuple):
-    """What an answer's headers say of its body, read in one pass over them."""
+    """What an answer's headers say of its body."""
 
     media_type: bytes
     """The ``content-type`` without parameters, lowercased (``b""`` when absent)."""
@@ -38,16 +37,13 @@ class Framing(NamedTuple):
         return not self.delimited and http_version.startswith("HTTP/1")
 
 
-def framing_of(headers: Iterable[tuple[bytes, bytes, bytes]]) -> Framing:
-    """The ``Framing`` of headers given as (name, lowercased name, value) triples."""
-    media = b""
-    delimited = False
-    for _, name, value in headers:
-        if name == b"content-type":
-            media = value.partition(b";")[0].strip().lower()
-        elif name in _LENGTHS:
-            delimited = True
-    return Framing(media, delimited)
+def framing_of(headers: Mapping[bytes, bytes]) -> Framing:
+    """The ``Framing`` of headers by lowercased name."""
+    media = headers.get(b"content-type")
+    return Framing(
+        b"" if media is None else media.partition(b";")[0].strip().lower(),
+        b"content-length" in headers or b"transfer-encoding" in headers,
+    )
 
 
 # The streams whose terminal event is known; others (images, audio) end their own ways and are not judged.

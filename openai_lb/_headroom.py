@@ -40,7 +40,7 @@ import math
 import re
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from ._errors import ConfigurationError
@@ -65,23 +65,33 @@ __all__ = [
 SPILLOVER_DEPLOYMENT = b"x-ms-spillover-deployment"
 """The request header naming the standard deployment Azure spills a provisioned one's overflow to."""
 
-# Read in one pass, in this order (the index of each in ``Signals``).
+_REMAINING_REQUESTS = b"x-ratelimit-remaining-requests"
+_REMAINING_TOKENS = b"x-ratelimit-remaining-tokens"
+_LIMIT_REQUESTS = b"x-ratelimit-limit-requests"
+_LIMIT_TOKENS = b"x-ratelimit-limit-tokens"
+_RESET_REQUESTS = b"x-ratelimit-reset-requests"
+_RESET_TOKENS = b"x-ratelimit-reset-tokens"
+_UTILIZATION = b"azure-openai-deployment-utilization"
+# Azure's own spillover (learn.microsoft.com/azure/ai-foundry/openai/how-to/spillover-traffic-management,
+# "How to know a request spilled over"): the answer of a spilled request names the provisioned deployment it
+# spilled from, and x-ms-deployment-name the deployment that served it. The page renders both names with a
+# placeholder ("x-ms-spillover-from-<deployment-name>"); answers carry them as written here.
+_SERVED_BY = b"x-ms-deployment-name"
+_SPILLED_FROM = b"x-ms-spillover-from-deployment"
 _NAMES = (
-    b"x-ratelimit-remaining-requests",
-    b"x-ratelimit-remaining-tokens",
-    b"x-ratelimit-limit-requests",
-    b"x-ratelimit-limit-tokens",
-    b"x-ratelimit-reset-requests",
-    b"x-ratelimit-reset-tokens",
-    b"azure-openai-deployment-utilization",
-    # Azure's own spillover (learn.microsoft.com/azure/ai-foundry/openai/how-to/spillover-traffic-management,
-    # "How to know a request spilled over"): the answer of a spilled request names the provisioned deployment it
-    # spilled from, and x-ms-deployment-name the deployment that served it. The page renders both names with a
-    # placeholder ("x-ms-spillover-from-<deployment-name>"); answers carry them as written here.
-    b"x-ms-deployment-name",
-    b"x-ms-spillover-from-deployment",
+    _REMAINING_REQUESTS,
+    _REMAINING_TOKENS,
+    _LIMIT_REQUESTS,
+    _LIMIT_TOKENS,
+    _RESET_REQUESTS,
+    _RESET_TOKENS,
+    _UTILIZATION,
+    _SERVED_BY,
+    _SPILLED_FROM,
 )
-_INDEX = {name: index for index, name in enumerate(_NAMES)}
+
+# tuple.__new__ skips a named tuple's own constructor, which is written in Python: one per answer.
+_new = tuple.__new__
 
 _DECIMAL = re.compile(rb"[ \t]*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)[ \t]*")
 _PERCENT = re.compile(rb"[ \t]*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)[ \t]*%?[ \t]*")
@@ -143,32 +153,41 @@ class Signals(NamedTuple):
         )
 
 
-def read_signals(headers: Iterable[tuple[bytes, bytes, bytes]]) -> Signals | None:
-    """The ``Signals`` of headers given as (name, lowercased name, value) triples, in one pass over them;
-    None when none of the headers is there (nothing is parsed for an answer without them)."""
-    found: list[bytes | None] | None = None
-    for _, name, value in headers:
-        if name in _INDEX:  # an operator, not a call: most names are not ours
-            if found is None:
-                found = [None] * len(_NAMES)
-            found[_INDEX[name]] = value
-    if found is None:
+def _count(value: bytes | None) -> float | None:
+    if value is None:
         return None
-    requests, tokens, requests_limit, tokens_limit, requests_reset, tokens_reset, utilization, served, spilled = found
-    # tuple.__new__ skips the named tuple's own constructor, which is written in Python: one per answer.
-    return tuple.__new__(
+    return int(value) if len(value) < 19 and value.isdigit() else parse_count(value)  # parse_count's quick case
+
+
+def _reset(value: bytes | None) -> float | None:
+    if value is None:
+        return None
+    if len(value) < 19 and value.isdigit():  # whole seconds, as Azure sends them
+        return int(value) or None
+    return parse_reset(value.decode("latin-1"))
+
+
+def read_signals(headers: Mapping[bytes, bytes]) -> Signals | None:
+    """The ``Signals`` of headers by lowercased name; None when none of the headers is there (nothing is parsed
+    for an answer without them)."""
+    if headers.keys().isdisjoint(_NAMES):  # in C: one lookup per name, no Python loop over the headers
+        return None
+    get = headers.get
+    utilization = get(_UTILIZATION)
+    spilled = get(_SPILLED_FROM)
+    return _new(
         Signals,
         (
-            None if requests is None else parse_count(requests),
-            None if tokens is None else parse_count(tokens),
-            None if requests_limit is None else parse_count(requests_limit),
-            None if tokens_limit is None else parse_count(tokens_limit),
-            None if requests_reset is None else parse_reset(requests_reset.decode("latin-1")),
-            None if tokens_reset is None else parse_reset(tokens_reset.decode("latin-1")),
+            _count(get(_REMAINING_REQUESTS)),
+            _count(get(_REMAINING_TOKENS)),
+            _count(get(_LIMIT_REQUESTS)),
+            _count(get(_LIMIT_TOKENS)),
+            _reset(get(_RESET_REQUESTS)),
+            _reset(get(_RESET_TOKENS)),
             None if utilization is None else parse_utilization(utilization),
             # Which deployment served matters only when Azure spilled the request (it names it on every answer).
-            None if spilled is None else _name(served),
-            _name(spilled),
+            None if spilled is None else _name(get(_SERVED_BY)),
+            None if spilled is None else _name(spilled),
         ),
     )
 
@@ -227,8 +246,7 @@ def prompt_tokens(body: bytes | None, count: Callable[[str], int] | None = None)
         counted = _counted(body, count)
         if counted is not None:
             return counted
-    text = len(body) - _image_bytes(body) if _BASE64 in body else len(body)
-    return -(-text // BYTES_PER_TOKEN)
+    return -(-(len(body) - _image_bytes(body)) // BYTES_PER_TOKEN)
 
 
 def _counted(body: bytes, count: Callable[[str], int]) -> int | None:
@@ -263,7 +281,9 @@ def estimate(
     ``default_output``. Never raises, whatever the body.
     """
     output = named_output
-    if output is None and body and b'"max_' in body:
+    # find(), not ``in``: bytes.__contains__ first tries its operand as an integer, and that failure costs more
+    # than the search of a small body.
+    if output is None and body and body.find(b'"max_') >= 0:
         output = _searched_output(body)
     return prompt_tokens(body, count) + (default_output if output is None else output)
 
@@ -341,16 +361,20 @@ class Slot:
         if reading is None or now >= reading.received + horizon:
             return True
         signals = reading.signals
-        if self.pending or signals.reset_requests is not None or signals.reset_tokens is not None:
-            left = self._left(reading, now, 0)
-            if left is not None and left < 1:
+        # Each quota as the reading has it, unless attempts are in flight or its window refilled since (``_left``).
+        requests = signals.remaining_requests
+        if requests is not None:
+            reset = signals.reset_requests
+            if self.pending or (reset is not None and now >= reading.received + reset):
+                requests = self._left(reading, now, 0)
+            if requests is not None and requests < 1:
                 return False
-            left = self._left(reading, now, 1)
-            if left is not None and left < tokens:
-                return False
-        else:  # nothing in flight and no window to refill: the reading as it stands
-            requests, remaining = signals.remaining_requests, signals.remaining_tokens
-            if (requests is not None and requests < 1) or (remaining is not None and remaining < tokens):
+        remaining = signals.remaining_tokens
+        if remaining is not None:
+            reset = signals.reset_tokens
+            if self.pending or (reset is not None and now >= reading.received + reset):
+                remaining = self._left(reading, now, 1)
+            if remaining is not None and remaining < tokens:
                 return False
         utilization = signals.utilization
         if utilization is None:
@@ -438,14 +462,17 @@ class HeadroomBook:
         With ``check`` (now, horizon, threshold), only if the request fits: None when it does not. Checking and
         reserving are one step under the lock, so concurrent callers never both take the last room.
         """
-        with self._lock:
-            if check is not None and not slot.fits(tokens, *check):
+        lock = self._lock
+        lock.acquire()  # not ``with``: on the path of every request, and its exit costs more than this work
+        try:
+            if check is not None and not slot.fits(tokens, check[0], check[1], check[2]):
                 return None
-            self._tickets += 1
-            ticket = self._tickets
-            slot.admitted += tokens
-            slot.pending[ticket] = (started, tokens, slot.admitted)
+            self._tickets = ticket = self._tickets + 1
+            slot.admitted = admitted = slot.admitted + tokens
+            slot.pending[ticket] = (started, tokens, admitted)
             return ticket
+        finally:
+            lock.release()
 
     def release(self, slot: Slot, ticket: int) -> None:
         """End a reservation (its answer brought no reading)."""
@@ -477,13 +504,17 @@ class HeadroomBook:
     ) -> None:
         """End the reservation ``hold`` (if any) of the attempt sent at ``sent`` and keep the reading its answer
         brought, unless the one held is newer and still holds."""
-        with self._lock:
+        name = (key, deployment)
+        lock = self._lock
+        lock.acquire()  # not ``with``: on the path of every answer, and its exit costs more than this work
+        try:
             mark = None
             if hold is not None:
-                held_tokens = hold[0].pending.pop(hold[1], None)
-                mark = None if held_tokens is None else held_tokens[2]
-            name = (key, deployment)
-            self.silent.discard(name)
+                held = hold[0].pending.pop(hold[1], None)
+                if held is not None:
+                    mark = held[2]
+            if self.silent:
+                self.silent.discard(name)
             slot = self.slots.get(name)
             if slot is None:
                 if len(self.slots) >= self.max_slots and not self._forget_idle(received, horizon):
@@ -491,11 +522,13 @@ class HeadroomBook:
                 slot = self.slots[name] = Slot()
             current = slot.reading
             if current is None or sent >= current.sent or received >= current.received + horizon:
-                reading = tuple.__new__(Reading, (signals, sent, received, mark))
+                reading = _new(Reading, (signals, sent, received, mark))
                 if signals.utilization is not None:
                     slot.learn(reading)
                 else:
                     slot.reading = reading
+        finally:
+            lock.release()
 
     def _forget_idle(self, now: float, horizon: float) -> bool:
         """Forget the slots whose reading no longer holds and that have nothing in flight; whether any went."""

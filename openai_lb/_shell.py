@@ -21,7 +21,7 @@ from ._errors import ConfigurationError
 from ._events import EventHook
 from ._framing import EVENT_STREAM, JSON, Framing, framing_of, has_terminal_event, json_complete
 from ._health import HealthStore
-from ._rewrite import Header, RequestTemplate, endpoint_path
+from ._rewrite import RequestTemplate, by_name, endpoint_path
 from ._stacks import HttpStack
 from ._stores import resolve_store
 
@@ -248,13 +248,13 @@ class BalancingShell:
             response.stream = self._stack.tapped_stream(response.stream, tap)
         return response
 
-    def _framing(self, response: Any, call: Call, status: int) -> tuple[list[Header], Framing, bool]:
-        """The answer's headers as triples (read once: the core reads its headroom from them), its framing,
+    def _framing(self, response: Any, call: Call, status: int) -> tuple[dict[bytes, bytes], Framing, bool]:
+        """The answer's headers by name (made once: the core reads its headroom from them), its framing,
         and whether to read its body before deciding: a JSON answer is read whole (the SDK reads it whole
         anyway), so a cut anywhere in it still fails over."""
-        head = self._stack.read_headers(response.headers)
-        framing = framing_of(head)
-        return head, framing, framing.media_type == JSON or call.needs_body(status)
+        named = by_name(self._stack.read_headers(response.headers))
+        framing = framing_of(named)
+        return named, framing, framing.media_type == JSON or call.needs_body(status)
 
     def _check_whole(self, response: Any, framing: Framing, body: bytes | None) -> None:
         """A JSON answer framed only by the connection closing must parse, or it was cut: fail over (the loop
@@ -336,7 +336,7 @@ class BalancingShell:
             try:
                 response = self._send(inner, self._build(request, template, step, credential))
                 status = response.status_code
-                head, framing, whole = self._framing(response, call, status)
+                named, framing, whole = self._framing(response, call, status)
                 body = response.read() if whole else None
                 self._check_whole(response, framing, body)
             except self._stack.failover_errors as error:
@@ -349,7 +349,7 @@ class BalancingShell:
                     response.close()
                 call.release(step, error)
                 raise
-            if call.report(step, status, response.headers, body, head):
+            if call.report(step, status, response.headers, body, named):
                 return self._deliver(request, response, framing, call, step)
             response.close()
 
@@ -378,7 +378,7 @@ class BalancingShell:
             try:
                 response = await self._asend(inner, self._build(request, template, step, credential))
                 status = response.status_code
-                head, framing, whole = self._framing(response, call, status)
+                named, framing, whole = self._framing(response, call, status)
                 body = await response.aread() if whole else None
                 self._check_whole(response, framing, body)
             except self._stack.failover_errors as error:
@@ -389,7 +389,7 @@ class BalancingShell:
             except BaseException as error:  # cancellation included: the attempt is no longer in flight
                 call.release(step, error)
                 raise
-            if call.report(step, status, response.headers, body, head):
+            if call.report(step, status, response.headers, body, named):
                 return self._deliver(request, response, framing, call, step)
             await response.aclose()
 

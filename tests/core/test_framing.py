@@ -47,20 +47,20 @@ def test_json_is_complete_only_when_it_parses() -> None:
     assert not json_complete(b""), "nothing at all is a cut before the first byte"
 
 
-def triples(**headers: str) -> list[tuple[bytes, bytes, bytes]]:
-    return [(name.encode(), name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()]
+def named(**headers: str) -> dict[bytes, bytes]:
+    return {name.replace("_", "-").encode(): value.encode() for name, value in headers.items()}
 
 
 def test_only_http1_without_length_or_chunking_is_close_delimited() -> None:
-    assert framing_of([]).close_delimited("HTTP/1.1")
-    assert not framing_of(triples(content_length="3")).close_delimited("HTTP/1.1")
-    assert not framing_of(triples(transfer_encoding="chunked")).close_delimited("HTTP/1.1")
-    assert not framing_of([]).close_delimited("HTTP/2")
+    assert framing_of({}).close_delimited("HTTP/1.1")
+    assert not framing_of(named(content_length="3")).close_delimited("HTTP/1.1")
+    assert not framing_of(named(transfer_encoding="chunked")).close_delimited("HTTP/1.1")
+    assert not framing_of({}).close_delimited("HTTP/2")
 
 
 def test_the_media_type_is_read_without_its_parameters() -> None:
-    assert framing_of(triples(content_type="Application/JSON; charset=utf-8")) == Framing(b"application/json", False)
-    assert framing_of(triples(content_type="text/event-stream", content_length="9")).media_type == b"text/event-stream"
+    assert framing_of(named(content_type="Application/JSON; charset=utf-8")) == Framing(b"application/json", False)
+    assert framing_of(named(content_type="text/event-stream", content_length="9")).media_type == b"text/event-stream"
 
 
 def test_only_streams_with_a_known_terminal_event_are_judged() -> None:

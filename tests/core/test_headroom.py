@@ -68,9 +68,9 @@ BODY = b'{"max_tokens": 100, "messages": ["hi."]}'
 COST = 10 + 100
 
 
-def raw(headers: dict[str, str]) -> list[tuple[bytes, bytes, bytes]]:
-    """Headers as the shell hands them to the core: (name, lowercased name, value) triples."""
-    return [(name.encode(), name.lower().encode(), value.encode()) for name, value in headers.items()]
+def raw(headers: dict[str, str]) -> dict[bytes, bytes]:
+    """Headers as the shell hands them to the core: by lowercased name."""
+    return {name.lower().encode(): value.encode() for name, value in headers.items()}
 
 
 def make(
@@ -139,7 +139,7 @@ def test_every_headroom_header_is_read_in_one_pass() -> None:
 
 def test_an_answer_without_headroom_headers_reads_as_none() -> None:
     assert read_signals(raw({"content-type": "application/json", "content-length": "2"})) is None
-    assert read_signals([]) is None
+    assert read_signals({}) is None
 
 
 @pytest.mark.parametrize(("value", "expected"), [("87%", 87.0), ("87.5 %", 87.5), ("87", 87.0), (" 0 ", 0.0)])
@@ -189,7 +189,7 @@ def test_the_deployment_that_served_is_read_only_from_a_spilled_answer() -> None
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(HEADER_NAMES), st.binary(max_size=40)))
 def test_no_header_value_raises_and_every_number_read_is_usable(headers: dict[str, bytes]) -> None:
-    signals = read_signals([(name.encode(), name.encode(), value) for name, value in headers.items()])
+    signals = read_signals({name.encode(): value for name, value in headers.items()})
     assert signals is not None or not any(headers.values()), "an empty value is as good as none"
     if signals is not None:
         for value in signals[:7]:
