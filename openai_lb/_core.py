@@ -305,9 +305,7 @@ class Call:
             return self._answer(now)
         book = balancer.book
         passed: tuple[Backend, ...] = ()
-        # No deployment has sent a reading, and some answered without one: a setup without headroom
-        # headers (a gateway that drops them, not Azure), where nothing is reserved until a reading comes.
-        if book is None or (not book.slots and book.silent):
+        if book is None:
             chosen = candidates[0] if len(candidates) == 1 else self._pick(candidates)
         else:
             chosen, passed = self._with_room(book, candidates, after, now)
@@ -360,7 +358,9 @@ class Call:
             left = tier
             while left:
                 backend = left[0] if len(left) == 1 else self._pick(left)
-                if self._reserve(book, backend, now, check):
+                # A backend with Azure's own spillover is never passed over: Azure moves what its PTU
+                # refuses within the same round trip, which is what passing over would buy.
+                if self._reserve(book, backend, now, None if backend.spillover_deployment else check):
                     if passed:
                         self._balancer.stats.passed_over([b.key for b in passed])
                     return backend, tuple(passed)
@@ -401,9 +401,7 @@ class Call:
             assert book is not None, "only a balancer with a book reserves"
             book.release(*hold)
 
-    def _settle(
-        self, attempt: Attempt, status: int, named: Mapping[bytes, bytes] | None, now: float
-    ) -> Signals | None:
+    def _settle(self, attempt: Attempt, status: int, named: Mapping[bytes, bytes] | None, now: float) -> Signals | None:
         """End the attempt's reservation and keep the reading its answer brings; the answer's ``Signals``.
 
         A 429 or a failover status says nothing of the room left (the cooldown or the breaker speaks), and a

@@ -201,6 +201,7 @@ _BASE64 = b";base64,"
 _JSON_START = re.compile(rb"[ \t\r\n]*[\[{]")
 _OPENERS = b"{["
 # A number of output tokens under one of the keys Azure reads; a longer number or a fraction is not one.
+_MAX_LIMIT = 10**12
 _MAX_OUTPUT = re.compile(rb'"max_(?:completion_|output_)?tokens"[ \t\r\n]*:[ \t\r\n]*([0-9]{1,12})(?![0-9.eE])')
 _OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
@@ -212,7 +213,13 @@ def output_tokens(parsed: object) -> int | None:
     found = None
     for key in _OUTPUT_KEYS:
         value = parsed.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0 and (found is None or value > found):
+        # Bounded like the byte search: a limit of hundreds of digits would overflow the float arithmetic.
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and 0 <= value < _MAX_LIMIT
+            and (found is None or value > found)
+        ):
             found = value
     return found
 
@@ -555,7 +562,10 @@ def book_for(store: object) -> HeadroomBook:
     """The book of the balancers sharing ``store``: readings are shared the way cooldowns are, and a client
     given a store of its own (a test) has a book of its own."""
     with _books_lock:
-        book = _books.get(store)
-        if book is None:
-            book = _books[store] = HeadroomBook()
+        try:
+            book = _books.get(store)
+            if book is None:
+                book = _books[store] = HeadroomBook()
+        except TypeError:  # a store of the user's own that cannot be hashed or weakly referenced
+            return HeadroomBook()
         return book

@@ -291,11 +291,6 @@ class _UnhashableStore(_SlottedStore):
         return isinstance(other, _UnhashableStore)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="book_for keys a WeakKeyDictionary by the store: a HealthStore that cannot be weakly referenced or "
-    "hashed makes every Balancer with Policy(headroom=True), the default, raise TypeError",
-)
 @pytest.mark.parametrize("store_type", [_SlottedStore, _UnhashableStore], ids=["no-weakref", "unhashable"])
 def test_a_health_store_of_the_users_own_that_cannot_be_a_weak_key_still_makes_a_balancer(
     clock: FakeClock, store_type: type[_SlottedStore]
@@ -431,12 +426,6 @@ def test_attempts_sent_before_the_first_reading_count_against_it(clock: FakeCloc
     assert attempt(begin(balancer)).backend is PAYGO, "the three sent after the first fill what it said was left"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Call.next() skips _with_room while the book has no slot and some deployment is silent: the silence "
-    "of another backend (another client on the same store) keeps a cold burst from opening and reserving on the "
-    "PTU's slot, so the attempts sent before its first reading are not counted against it",
-)
 def test_a_silent_backend_elsewhere_does_not_keep_a_cold_burst_from_counting(clock: FakeClock) -> None:
     store = InMemoryHealthStore()
     gateway = Backend("https://gateway.example.com", name="gateway")
@@ -676,12 +665,6 @@ def test_the_utilisation_rate_is_learned_and_reserved_against(clock: FakeClock) 
     assert chosen.count("ptu") == 39, f"{chosen.count('ptu')} went to the PTU"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="output_tokens takes any size of integer from a parsed body (the byte search stops at 12 digits): a "
-    "max_tokens of hundreds of digits overflows the float arithmetic of a PTU's utilisation rate, and next() "
-    "raises OverflowError instead of sending the request (Azure would answer it with a 400)",
-)
 def test_an_output_limit_too_large_for_a_float_never_makes_a_call_raise(clock: FakeClock) -> None:
     balancer = make([PTU, PAYGO], clock)
     answer(balancer, PTU, {"azure-openai-deployment-utilization": "40%"})
@@ -741,3 +724,11 @@ def test_the_log_names_the_backends_passed_over_and_escapes_a_spilled_deployment
     messages = [record.getMessage() for record in caplog.records]
     assert "attempt 1: paygo (deployment 'gpt-4o'; passed over for headroom: s)" in messages
     assert "attempt 1 on paygo ended: success (HTTP 200, Azure spilled it to deployment 'b\\rc')" in messages
+
+
+def test_a_backend_with_azures_own_spillover_is_not_passed_over(clock: FakeClock) -> None:
+    spilling = Backend("https://ptu.example.com", priority=1, name="ptu", spillover_deployment="gpt-4o-standard")
+    balancer = make([spilling, PAYGO], clock)
+    answer(balancer, spilling, {"azure-openai-deployment-utilization": "99%"})
+    assert attempt(begin(balancer)).backend is spilling, "Azure spills it in the same round trip: no detour"
+    assert balancer.status()[0].passed_over == 0

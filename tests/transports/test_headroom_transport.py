@@ -12,6 +12,8 @@ from openai_lb import AttemptFinished, AttemptStarted, Backend, Event, InMemoryH
 CHAT_URL = "https://client.example.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 PTU = Backend("https://ptu.example.com", priority=1, name="ptu", spillover_deployment="gpt-4o-standard")
 PAYGO = Backend("https://paygo.example.com", priority=2, name="paygo")
+PLAIN_PTU = Backend("https://ptu.example.com", priority=1, name="ptu")
+"""Without Azure's spillover: openai_lb passes it over when full (a backend with it never is)."""
 COMPLETION = {"id": "chatcmpl-1", "object": "chat.completion", "choices": []}
 
 
@@ -31,17 +33,25 @@ def recorded(http: ModuleType, answer: dict[str, dict[str, str]]) -> tuple[Any, 
     return http.MockTransport(handler), seen
 
 
-def balanced(transport_cls: type[Any], inner: Any, events: list[Event], **options: Any) -> Any:
+def balanced(
+    transport_cls: type[Any], inner: Any, events: list[Event], backends: list[Backend] | None = None, **options: Any
+) -> Any:
     return transport_cls(
-        [PTU, PAYGO], transport=inner, health_store=InMemoryHealthStore(), on_event=events.append, **options
+        backends or [PTU, PAYGO], transport=inner, health_store=InMemoryHealthStore(), on_event=events.append, **options
     )
 
 
 def test_the_spillover_deployment_is_sent_to_its_backend_only(http: ModuleType, transport_cls: type[Any]) -> None:
-    inner, seen = recorded(http, {"ptu.example.com": {"x-ratelimit-remaining-requests": "0"}})
-    transport = balanced(transport_cls, inner, [])
-    for _ in range(2):
-        transport.handle_request(chat(http, **{"x-ms-spillover-deployment": "callers-choice"}))
+    seen: list[Any] = []
+
+    def handler(request: Any) -> Any:
+        seen.append(request)
+        if request.url.host == "ptu.example.com":  # refused even by Azure's spillover: the request fails over
+            return http.Response(429, json={"error": {"code": "429"}}, headers={"retry-after-ms": "1000"})
+        return http.Response(200, json=COMPLETION)
+
+    transport = balanced(transport_cls, http.MockTransport(handler), [])
+    transport.handle_request(chat(http, **{"x-ms-spillover-deployment": "callers-choice"}))
     ptu, paygo = seen
     assert ptu.url.host == "ptu.example.com"
     assert ptu.headers.get_list("x-ms-spillover-deployment") == ["gpt-4o-standard"], "the backend's own replaces it"
@@ -51,7 +61,7 @@ def test_the_spillover_deployment_is_sent_to_its_backend_only(http: ModuleType, 
 def test_a_backend_without_room_is_not_sent_the_next_request(http: ModuleType, transport_cls: type[Any]) -> None:
     events: list[Event] = []
     inner, seen = recorded(http, {"ptu.example.com": {"x-ratelimit-remaining-tokens": "30"}})
-    transport = balanced(transport_cls, inner, events)
+    transport = balanced(transport_cls, inner, events, backends=[PLAIN_PTU, PAYGO])
     answers = [transport.handle_request(chat(http)) for _ in range(3)]
     assert [r.headers["x-openai-lb-backend"] for r in answers] == ["ptu", "paygo", "paygo"]
     assert [r.url.host for r in seen] == ["ptu.example.com", "paygo.example.com", "paygo.example.com"]
