@@ -130,4 +130,6 @@ def test_status_counters_add_up_after_many_threads(servers, balanced) -> None:
     assert statuses["ptu"].rate_limited == ptu.rejected
     assert statuses["paygo"].successes == paygo.served
     assert statuses["ptu"].successes + statuses["paygo"].successes == 80
-    assert statuses["ptu"].state == "cooling"
+    # Headroom usually passes the PTU over once it reads no requests left; a 429 from a race cools it.
+    expected = "cooling" if statuses["ptu"].rate_limited else "available"
+    assert statuses["ptu"].state == expected, "a PTU cools only after a 429"
