@@ -23,6 +23,7 @@ __all__ = [
     "Stateful",
     "body_references",
     "created_id",
+    "error_of",
     "is_id",
     "names_objects",
     "not_here",
@@ -228,18 +229,26 @@ def _follow(parsed: object, path: tuple[str, ...]) -> str | None:
     return parsed if isinstance(parsed, str) and is_id(parsed) else None
 
 
+def error_of(body: bytes | None) -> dict[str, object] | None:
+    """The ``error`` object of an Azure-style JSON error answer; None when the body holds none."""
+    if not body:
+        return None
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        return None
+    return error if isinstance(error, dict) else None
+
+
 def not_here(status: int, body: bytes | None) -> bool:
     """Whether an answer says the object asked for is not on this backend: a 404 (the caller has
     ruled out DeploymentNotFound), or a 400 whose error says a referenced object was not found."""
     if status == 404:
         return True
-    if status != 400 or not body:
+    if status != 400:
         return False
-    try:
-        error = json.loads(body).get("error")
-    except (ValueError, AttributeError, RecursionError):
-        return False
-    if not isinstance(error, dict):
+    error = error_of(body)
+    if error is None:
         return False
     message = error.get("message")
     code = error.get("code")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from ._affinity import FirstId, Stateful, created_id, not_here
+from ._affinity import FirstId, Stateful, created_id, error_of, not_here
 from ._config import Backend, Policy, validate_backends
 from ._events import (
     Affinity,
@@ -200,11 +200,8 @@ class Balancer:
 
 
 def _error_code(body: bytes | None) -> object:
-    try:
-        error = json.loads(body or b"").get("error", {})
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    return error.get("code") if isinstance(error, dict) else None
+    error = error_of(body)
+    return None if error is None else error.get("code")
 
 
 def _is_too_long(body: bytes | None) -> bool:
@@ -473,13 +470,13 @@ class Call:
         if self._affinity is not None and not_here(status, body):
             if self._affinity == "pinned":
                 self._lost()
-            elif self._elsewhere(attempt, status, "not_here"):
+            elif self._elsewhere(attempt, status, "not_here", now):
                 return False
         elif (
             status == 400
             and balancer.policy.context_failover
             and _is_too_long(body)
-            and self._elsewhere(attempt, status, "context_too_long")
+            and self._elsewhere(attempt, status, "context_too_long", now)
         ):
             return False
         if status in balancer.policy.failover_statuses:
@@ -509,7 +506,7 @@ class Call:
             for object_id in self._stateful.ids:
                 self._balancer.store.forget(object_id)
 
-    def _elsewhere(self, attempt: Attempt, status: int, outcome: Outcome) -> bool:
+    def _elsewhere(self, attempt: Attempt, status: int, outcome: Outcome, now: float) -> bool:
         """This backend cannot take the request (it does not hold an object the request names, or the
         prompt exceeds its context window), with nothing wrong with the backend. True: the request
         moves on to a backend not tried yet, and nothing cools; False: none is left, the caller gets
@@ -518,7 +515,6 @@ class Call:
         A backend already tried that was only busy (429, 5xx) may still be the one: the request
         moves on, and once nothing is left to try the caller gets the 429 with its remaining wait."""
         balancer = self._balancer
-        now = balancer.clock()
         ruled_out = self._absent or ()
         skipped = self._skipped or ()
         this = attempt.backend.key
